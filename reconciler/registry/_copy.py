@@ -1,0 +1,49 @@
+"""Copying a blob between repositories: mount when possible, stream when not."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from reconciler.oci import Descriptor, Repository
+from reconciler.registry.client import RegistryClient
+
+logger = logging.getLogger(__name__)
+
+
+class BlobCopy(StrEnum):
+    """How a blob reached its target repository."""
+
+    MOUNTED = "mounted"
+    PRESENT = "present"
+    UPLOADED = "uploaded"
+
+
+def blob_copy(
+    blob: Descriptor,
+    source: RegistryClient,
+    source_repository: Repository,
+    target: RegistryClient,
+    target_repository: Repository,
+) -> BlobCopy:
+    """Make `blob` present in the target repository, moving as few bytes as can be.
+
+    On one registry the blob is mounted. The registry may answer a mount with
+    202 and an upload session instead (it will not or cannot mount); across
+    registries there is nothing to mount from. Then the blob is streamed from
+    source to target without being held in memory.
+    """
+    if source is target:
+        location = target.blob_mount(target_repository, blob.digest, source_repository)
+        if location is None:
+            return BlobCopy.MOUNTED
+        logger.info(
+            "%s would not mount %s; streaming it", target.host, blob.digest.short
+        )
+    elif target.blob_head(target_repository, blob.digest):
+        return BlobCopy.PRESENT
+    else:
+        location = target.blob_upload_start(target_repository)
+    with source.blob_stream(source_repository, blob.digest) as chunks:
+        target.blob_upload(target_repository, location, blob.digest, blob.size, chunks)
+    return BlobCopy.UPLOADED

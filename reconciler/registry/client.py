@@ -1,0 +1,534 @@
+"""A client for one registry: manifests, blobs and tags over the distribution API.
+
+One `RegistryClient` per registry host, shared by every thread of a run: it
+holds one connection pool (HTTP/2 where the registry offers it), one token
+cache and one cache of config blobs. Methods name the resource first, as the
+API does: `manifest_head`, `manifest_put`, `blob_mount`, `tag_list`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin
+
+import httpx
+
+from reconciler.oci import (
+    MANIFEST_ACCEPT,
+    Digest,
+    InvalidDigestError,
+    Manifest,
+    Reference,
+    Repository,
+    parse_manifest,
+)
+from reconciler.registry._auth import Authenticator, Challenge, Scopes
+from reconciler.registry._credentials import Credentials
+from reconciler.registry._errors import (
+    IntegrityError,
+    RegistryError,
+    Reply,
+    error_for_reply,
+)
+from reconciler.registry._retry import RETRY_STATUSES, RetryableStatus, RetryPolicy
+from reconciler.registry._settings import ConnectionSettings
+from reconciler.registry._transport_errors import (
+    explain_transport_error,
+    plain_http_to_tls_port,
+    tls_port_error,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_PULL = frozenset({"pull"})
+_PUSH = frozenset({"pull", "push"})
+_TAG_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    """What a HEAD tells about a manifest: digest, media type and size."""
+
+    digest: Digest
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    """A manifest read with GET: its description and its verified bytes."""
+
+    info: ManifestInfo
+    manifest: Manifest
+
+
+class RegistryClient:
+    """Talks to one registry; thread-safe, and cheap to share."""
+
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        credentials: Credentials | None = None,
+        transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 64,
+        timeout: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self._retry = retry or RetryPolicy()
+        self._http = httpx.Client(
+            verify=settings.ssl_context(),
+            http2=not settings.insecure,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+            ),
+            follow_redirects=False,
+        )
+        self._auth = Authenticator(
+            self._http,
+            settings.host,
+            credentials,
+            registry_is_tls=not settings.insecure,
+        )
+        self._pinged = False
+        self._ping_lock = threading.Lock()
+        self._configs: dict[Digest, bytes] = {}
+
+    @property
+    def host(self) -> str:
+        return self.settings.host
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- manifests -----------------------------------------------------------
+
+    def manifest_head(self, ref: Reference) -> ManifestInfo | None:
+        """Describe the manifest `ref` points at, or None when there is none."""
+        reply = self._request(
+            "HEAD",
+            self._manifest_url(ref),
+            action=f"read manifest {ref}",
+            scopes={ref.repository.path: _PULL},
+            headers={"Accept": MANIFEST_ACCEPT},
+            allow=(404,),
+        )
+        if reply.status == 404:
+            return None
+        if "Docker-Content-Digest" not in reply.headers:
+            # Not every registry sends it on HEAD; then only the bytes can tell.
+            return self.manifest_get(ref).info
+        return _manifest_info(
+            ref, reply, size=int(reply.headers.get("Content-Length", 0))
+        )
+
+    def manifest_get(self, ref: Reference) -> FetchedManifest:
+        """Read a manifest's bytes, capped at 4 MiB and checked against its digest."""
+        reply = self._request(
+            "GET",
+            self._manifest_url(ref),
+            action=f"read manifest {ref}",
+            scopes={ref.repository.path: _PULL},
+            headers={"Accept": MANIFEST_ACCEPT},
+            cap=MAX_MANIFEST_BYTES,
+        )
+        computed = Digest.of(reply.body)
+        claimed = ref.digest or _header_digest(ref, reply) or computed
+        if computed != claimed:
+            raise IntegrityError(
+                f"manifest {ref} does not match its digest: the registry served "
+                f"{computed.short}, expected {claimed.short}",
+                hint="the registry or a proxy in between altered the content",
+            )
+        info = ManifestInfo(computed, _content_type(reply), len(reply.body))
+        return FetchedManifest(info, _parse(ref, reply))
+
+    def manifest_put(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
+        """Push `raw` exactly as given, and check the digest the registry reports."""
+        expected = Digest.of(raw)
+        reply = self._request(
+            "PUT",
+            self._manifest_url(ref),
+            action=f"push manifest {ref}",
+            scopes={ref.repository.path: _PUSH},
+            headers={"Content-Type": media_type},
+            content=raw,
+        )
+        returned = reply.headers.get("Docker-Content-Digest")
+        if returned and returned != expected:
+            raise IntegrityError(
+                f"pushed manifest {ref} as {expected.short}, but the registry "
+                f"stored {returned}",
+                hint="the registry rewrote the manifest; it cannot be used here",
+            )
+        logger.debug("pushed %s (%s)", ref, expected.short)
+        return expected
+
+    def manifest_delete(self, repository: Repository, digest: Digest) -> None:
+        """Delete a manifest by digest, with every tag on it."""
+        self._request(
+            "DELETE",
+            f"{self._base(repository)}/manifests/{digest}",
+            action=f"delete manifest {repository}@{digest}",
+            scopes={repository.path: frozenset({"pull", "push", "delete"})},
+            allow=(404,),
+        )
+
+    # -- blobs ---------------------------------------------------------------
+
+    def blob_head(self, repository: Repository, digest: Digest) -> bool:
+        """Whether the repository has the blob."""
+        reply = self._request(
+            "HEAD",
+            f"{self._base(repository)}/blobs/{digest}",
+            action=f"check blob {digest.short} in {repository}",
+            scopes={repository.path: _PULL},
+            allow=(404,),
+        )
+        return reply.status == 200
+
+    def blob_get(self, repository: Repository, digest: Digest) -> bytes:
+        """Read a small blob (a config), verified, and cached for the run."""
+        cached = self._configs.get(digest)
+        if cached is not None:
+            return cached
+        reply = self._request(
+            "GET",
+            f"{self._base(repository)}/blobs/{digest}",
+            action=f"read blob {digest.short} from {repository}",
+            scopes={repository.path: _PULL},
+            cap=MAX_MANIFEST_BYTES,
+            follow_redirects=True,
+        )
+        if not digest.verifies(reply.body):
+            raise IntegrityError(
+                f"blob {digest.short} from {repository} does not match its digest"
+            )
+        self._configs[digest] = reply.body
+        return reply.body
+
+    def blob_mount(
+        self, repository: Repository, digest: Digest, source: Repository
+    ) -> str | None:
+        """Mount a blob from `source`; None when done, else an upload URL.
+
+        The registry answers 202 with an upload session instead of mounting
+        when it cannot (source not readable, or a blob it does not link).
+        """
+        mount = quote(str(digest), safe="")
+        reply = self._request(
+            "POST",
+            f"{self._base(repository)}/blobs/uploads/?mount={mount}&from={source.path}",
+            action=f"mount blob {digest.short} from {source} into {repository}",
+            scopes={repository.path: _PUSH, source.path: _PULL},
+            required={repository.path: _PUSH},
+        )
+        if reply.status == 201:
+            return None
+        return self._upload_location(repository, reply)
+
+    def blob_upload_start(self, repository: Repository) -> str:
+        """Open an upload session and return its URL."""
+        reply = self._request(
+            "POST",
+            f"{self._base(repository)}/blobs/uploads/",
+            action=f"start a blob upload to {repository}",
+            scopes={repository.path: _PUSH},
+        )
+        return self._upload_location(repository, reply)
+
+    def blob_upload(
+        self,
+        repository: Repository,
+        location: str,
+        digest: Digest,
+        size: int,
+        chunks: Iterator[bytes],
+    ) -> None:
+        """Finish an upload session with one streamed PUT of the whole blob."""
+        # The session URL carries state in its query; `params=` would replace
+        # it, so the digest is appended to the URL text instead.
+        separator = "&" if "?" in location else "?"
+        url = f"{location}{separator}digest={quote(str(digest), safe='')}"
+        self._request(
+            "PUT",
+            url,
+            action=f"upload blob {digest.short} to {repository}",
+            scopes={repository.path: _PUSH},
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+            },
+            content=chunks,
+            retry=False,  # a consumed stream cannot be sent again
+        )
+
+    @contextmanager
+    def blob_stream(
+        self, repository: Repository, digest: Digest
+    ) -> Iterator[Iterator[bytes]]:
+        """Open a blob for streaming; redirects are followed without credentials."""
+        url = f"{self._base(repository)}/blobs/{digest}"
+        self._ensure_pinged()
+        headers = self._auth.header({repository.path: _PULL}, {repository.path: _PULL})
+        try:
+            with self._http.stream(
+                "GET", url, headers=headers, follow_redirects=True
+            ) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise error_for_reply(
+                        _reply(response, response.content),
+                        f"read blob {digest.short} from {repository}",
+                    )
+                yield response.iter_bytes()
+        except httpx.TransportError as error:
+            raise explain_transport_error(error, self.settings) from error
+
+    # -- tags ----------------------------------------------------------------
+
+    def tag_list(self, repository: Repository, page_size: int = _TAG_PAGE) -> list[str]:
+        """Every tag of the repository, following `Link` pagination."""
+        url: str | None = f"{self._base(repository)}/tags/list?n={page_size}"
+        tags: list[str] = []
+        while url is not None:
+            reply = self._request(
+                "GET",
+                url,
+                action=f"list tags of {repository}",
+                scopes={repository.path: _PULL},
+                cap=MAX_MANIFEST_BYTES,
+                allow=(404,),
+            )
+            if reply.status == 404:
+                return []
+            tags.extend(_tags_in(repository, reply))
+            url = _next_link(self.settings.base_url, reply)
+        return tags
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _base(self, repository: Repository) -> str:
+        return f"{self.settings.base_url}/v2/{repository.path}"
+
+    def _manifest_url(self, ref: Reference) -> str:
+        return f"{self._base(ref.repository)}/manifests/{ref.identifier}"
+
+    def _upload_location(self, repository: Repository, reply: Reply) -> str:
+        location = str(reply.headers.get("Location", ""))
+        if reply.status != 202 or not location:
+            raise RegistryError(
+                f"failed to start a blob upload to {repository}: {reply.status} "
+                "without an upload location"
+            )
+        return urljoin(self.settings.base_url + "/", location)
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        action: str,
+        scopes: Scopes,
+        required: Scopes | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | Iterator[bytes] | None = None,
+        allow: tuple[int, ...] = (),
+        cap: int = 65536,
+        follow_redirects: bool = False,
+        retry: bool = True,
+    ) -> Reply:
+        """Send with authentication and retries; return a 2xx or allowed reply."""
+
+        def attempt() -> Reply:
+            self._ensure_pinged()
+            reply = self._send(
+                method,
+                url,
+                scopes,
+                required or scopes,
+                headers,
+                content,
+                cap,
+                follow_redirects,
+            )
+            if reply.status in RETRY_STATUSES and retry:
+                raise RetryableStatus(reply)
+            return reply
+
+        try:
+            reply = self._retry.call(attempt) if retry else attempt()
+        except RetryableStatus as error:
+            raise error_for_reply(error.reply, action) from None
+        except httpx.TransportError as error:
+            raise explain_transport_error(error, self.settings) from error
+        if not (200 <= reply.status < 300 or reply.status in allow):
+            raise error_for_reply(reply, action)
+        return reply
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        scopes: Scopes,
+        required: Scopes,
+        headers: Mapping[str, str] | None,
+        content: bytes | Iterator[bytes] | None,
+        cap: int,
+        follow_redirects: bool,
+    ) -> Reply:
+        # A streamed body is consumed by the first send and cannot be resent.
+        resendable = content is None or isinstance(content, bytes)
+        for retried_auth in (False, True):
+            request_headers = {**(headers or {}), **self._auth.header(scopes, required)}
+            started = time.monotonic()
+            request = self._http.build_request(
+                method, url, headers=request_headers, content=content
+            )
+            response = self._http.send(
+                request, stream=True, follow_redirects=follow_redirects
+            )
+            try:
+                reply = _reply(response, _read_capped(response, cap, url))
+            finally:
+                response.close()
+            logger.debug(
+                "%s %s -> %d (%.0f ms)",
+                method,
+                _path_only(url),
+                reply.status,
+                (time.monotonic() - started) * 1000,
+            )
+            if reply.status != 401 or retried_auth or not resendable:
+                return reply
+            if not self._relearn(reply, scopes):
+                return reply
+        return reply
+
+    def _relearn(self, reply: Reply, scopes: Scopes) -> bool:
+        """After a 401, drop stale tokens; say whether a retry could help."""
+        header = reply.headers.get("WWW-Authenticate")
+        if not header:
+            return False
+        challenge = Challenge.parse(header)
+        if challenge.scheme != "bearer":
+            self._auth.learn(challenge)
+            return False
+        self._auth.learn(challenge)
+        self._auth.forget(scopes)
+        return True
+
+    def _ensure_pinged(self) -> None:
+        if self._pinged:
+            return
+        with self._ping_lock:
+            if not self._pinged:
+                self._ping()
+                self._pinged = True
+
+    def _ping(self) -> None:
+        # GET /v2/ tells how the registry wants to be authenticated.
+        response = self._http.get(f"{self.settings.base_url}/v2/")
+        reply = _reply(response, response.content[:512])
+        logger.debug("GET /v2/ -> %d", reply.status)
+        if self.settings.insecure and plain_http_to_tls_port(reply):
+            raise tls_port_error(self.settings)
+        if reply.status == 401 and "WWW-Authenticate" in reply.headers:
+            self._auth.learn(Challenge.parse(reply.headers["WWW-Authenticate"]))
+        elif reply.status in RETRY_STATUSES:
+            raise RetryableStatus(reply)
+        elif reply.status != 200:
+            raise error_for_reply(reply, f"reach the registry API of {self.host}")
+
+
+def _reply(response: httpx.Response, body: bytes) -> Reply:
+    return Reply(response.status_code, response.reason_phrase, response.headers, body)
+
+
+def _read_capped(response: httpx.Response, cap: int, url: str) -> bytes:
+    """Read at most `cap` bytes of body, failing rather than reading on."""
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise IntegrityError(
+            f"response from {_path_only(url)} is {declared} bytes, over the "
+            f"{cap}-byte limit",
+            hint="manifests over 4 MiB are refused, as registries do",
+        )
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > cap:
+            raise IntegrityError(f"response from {_path_only(url)} exceeds {cap} bytes")
+    return bytes(body)
+
+
+def _manifest_info(ref: Reference, reply: Reply, size: int) -> ManifestInfo:
+    digest = _header_digest(ref, reply)
+    assert digest is not None
+    if ref.digest is not None and digest != ref.digest:
+        raise IntegrityError(
+            f"registry answered {ref} with a different digest, {digest}"
+        )
+    return ManifestInfo(digest, _content_type(reply), size)
+
+
+def _header_digest(ref: Reference, reply: Reply) -> Digest | None:
+    value = reply.headers.get("Docker-Content-Digest")
+    if not value:
+        return None
+    try:
+        return Digest(value)
+    except InvalidDigestError as error:
+        raise IntegrityError(f"registry gave a bad digest for {ref}: {error}") from None
+
+
+def _content_type(reply: Reply) -> str:
+    return str(reply.headers.get("Content-Type", "")).split(";", 1)[0].strip()
+
+
+def _parse(ref: Reference, reply: Reply) -> Manifest:
+    try:
+        return parse_manifest(reply.body, _content_type(reply) or None)
+    except RegistryError:
+        raise
+    except Exception as error:
+        raise IntegrityError(f"manifest {ref} cannot be read: {error}") from None
+
+
+def _tags_in(repository: Repository, reply: Reply) -> list[str]:
+    try:
+        tags = json.loads(reply.body).get("tags") or []
+    except (ValueError, AttributeError):
+        raise RegistryError(f"tag list of {repository} is not JSON") from None
+    return [str(tag) for tag in tags]
+
+
+def _next_link(base_url: str, reply: Reply) -> str | None:
+    link = str(reply.headers.get("Link", ""))
+    if not link or 'rel="next"' not in link:
+        return None
+    target = link.split(";", 1)[0].strip().strip("<>")
+    return urljoin(base_url + "/", target)
+
+
+def _path_only(url: str) -> str:
+    # Upload URLs carry state tokens in their query; keep logs to the path.
+    return url.split("?", 1)[0]
