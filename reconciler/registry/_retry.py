@@ -29,6 +29,16 @@ T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
+# A read is safe to repeat, so a 500 on one is retried too: Distribution's
+# filesystem storage answers 500 ("invalid checksum digest format") when it
+# reads a link file that a concurrent write of the same manifest is rewriting.
+READ_RETRY_STATUSES = RETRY_STATUSES | {500}
+
+
+def retry_statuses(method: str) -> frozenset[int]:
+    """The statuses worth retrying for a request of `method`."""
+    return READ_RETRY_STATUSES if method in ("GET", "HEAD") else RETRY_STATUSES
+
 
 class RetryableStatus(Exception):
     """A response worth retrying; carries it so the last one can be reported."""

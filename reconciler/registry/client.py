@@ -36,7 +36,12 @@ from reconciler.registry._errors import (
     Reply,
     error_for_reply,
 )
-from reconciler.registry._retry import RETRY_STATUSES, RetryableStatus, RetryPolicy
+from reconciler.registry._retry import (
+    RETRY_STATUSES,
+    RetryableStatus,
+    RetryPolicy,
+    retry_statuses,
+)
 from reconciler.registry._settings import ConnectionSettings
 from reconciler.registry._transport_errors import (
     explain_transport_error,
@@ -86,7 +91,10 @@ class RegistryClient:
         self._retry = retry or RetryPolicy()
         self._http = httpx.Client(
             verify=settings.ssl_context(),
-            http2=not settings.insecure,
+            # HTTP/1.1 on purpose: httpcore's HTTP/2 connection, shared by
+            # threads, sent frames Go's server rejected with PROTOCOL_ERROR
+            # under load (measured); a pool of keep-alive connections is safe.
+            http2=False,
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(
@@ -370,7 +378,7 @@ class RegistryClient:
                 cap,
                 follow_redirects,
             )
-            if reply.status in RETRY_STATUSES and retry:
+            if retry and reply.status in retry_statuses(method):
                 raise RetryableStatus(reply)
             return reply
 
