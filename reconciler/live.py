@@ -1,0 +1,211 @@
+"""Read the live state the planner needs, concurrently.
+
+Every address is read with one HEAD. GET is used only for what HEAD cannot
+tell: the config platform of a source image (cached by digest, as it never
+changes), the children of a source index, and the children of a version
+index whose digest differs from the one the plan would build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from reconciler.desired import DesiredState, Image
+from reconciler.oci import (
+    INDEX_MEDIA_TYPES,
+    Descriptor,
+    Digest,
+    ImageManifest,
+    Index,
+    Platform,
+    Reference,
+    Repository,
+)
+from reconciler.plan._build import (
+    SourceProblem,
+    desired_index,
+    pick_child,
+    resolve_source,
+    source_reference,
+)
+from reconciler.plan.state import LiveState
+from reconciler.registries import Registries
+from reconciler.registry import IntegrityError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_WORKERS = 32
+
+
+@dataclass
+class _Facts:
+    """What has been read so far; filled in steps, frozen into a LiveState."""
+
+    tags: dict[Reference, Descriptor | None] = field(default_factory=dict)
+    platforms: dict[Digest, Platform] = field(default_factory=dict)
+    indexes: dict[Digest, tuple[Descriptor, ...]] = field(default_factory=dict)
+
+    def freeze(self) -> LiveState:
+        return LiveState(dict(self.tags), dict(self.platforms), dict(self.indexes))
+
+
+def read_live(
+    desired: DesiredState, registries: Registries, *, workers: int = DEFAULT_WORKERS
+) -> LiveState:
+    """Read every address `desired` touches, and what the plan needs about it."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
+        reader = _Reader(registries, pool)
+        facts = _Facts()
+        facts.tags = reader.head_all(_addresses(desired))
+        _read_sources(desired, reader, facts)
+        _read_drifted_indexes(desired, reader, facts)
+    logger.info("read %d addresses", len(facts.tags))
+    return facts.freeze()
+
+
+class _Reader:
+    """Reads through the registries, many at once."""
+
+    def __init__(self, registries: Registries, pool: ThreadPoolExecutor) -> None:
+        self._registries = registries
+        self._pool = pool
+
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        return list(self._pool.map(function, items))
+
+    def head_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
+        unique = sorted(set(refs))
+        return dict(zip(unique, self.map(self.head, unique), strict=True))
+
+    def head(self, ref: Reference) -> Descriptor | None:
+        info = self._registries.client(ref.registry).manifest_head(ref)
+        if info is None:
+            return None
+        return Descriptor(info.media_type, info.digest, info.size)
+
+    def children(
+        self, repository: Repository, digest: Digest
+    ) -> tuple[Descriptor, ...]:
+        """The platform children of an index, attestations left out."""
+        manifest = self._get(repository, digest)
+        if not isinstance(manifest, Index):
+            raise IntegrityError(f"{repository}@{digest} is not an index")
+        return manifest.images
+
+    def platform(self, repository: Repository, digest: Digest) -> Platform:
+        """The platform an image's config declares."""
+        manifest = self._get(repository, digest)
+        if not isinstance(manifest, ImageManifest):
+            raise IntegrityError(f"{repository}@{digest} is not an image manifest")
+        client = self._registries.client(repository.registry)
+        config = client.blob_get(repository, manifest.config.digest)
+        return _config_platform(repository, digest, config)
+
+    def _get(self, repository: Repository, digest: Digest) -> ImageManifest | Index:
+        client = self._registries.client(repository.registry)
+        return client.manifest_get(repository.digest(digest)).manifest
+
+
+def _addresses(desired: DesiredState) -> set[Reference]:
+    refs: set[Reference] = set()
+    for image in desired.images:
+        for version in image.versions:
+            refs.add(image.version_ref(version))
+            for platform in image.platforms:
+                refs.add(image.platform_ref(version, platform))
+                refs.add(source_reference(image, version, platform))
+        refs.update(image.alias_ref(alias) for alias in image.aliases)
+    return refs
+
+
+def _source_refs(desired: DesiredState) -> set[tuple[Reference, Platform]]:
+    return {
+        (source_reference(image, version, platform), platform)
+        for image in desired.images
+        for version in image.versions
+        for platform in image.platforms
+    }
+
+
+def _read_sources(desired: DesiredState, reader: _Reader, facts: _Facts) -> None:
+    """Children of source indexes, then the platform of every source image."""
+    wanted = [(ref, p, facts.tags[ref]) for ref, p in _source_refs(desired)]
+    present = [(ref, p, found) for ref, p, found in wanted if found is not None]
+    index_sources = {
+        (ref.repository, found.digest)
+        for ref, _, found in present
+        if found.media_type in INDEX_MEDIA_TYPES
+    }
+    _read_children(reader, facts, index_sources)
+    images = {
+        (ref.repository, d)
+        for ref, p, found in present
+        for d in _image_digest(found, p, facts)
+    }
+    todo = sorted((r, d) for r, d in images if d not in facts.platforms)
+    for (_, digest), platform in zip(
+        todo, reader.map(lambda rd: reader.platform(*rd), todo), strict=True
+    ):
+        facts.platforms[digest] = platform
+
+
+def _image_digest(found: Descriptor, platform: Platform, facts: _Facts) -> list[Digest]:
+    if found.media_type not in INDEX_MEDIA_TYPES:
+        return [found.digest]
+    child = pick_child(facts.indexes.get(found.digest, ()), platform)
+    return [child.digest] if child else []
+
+
+def _read_children(
+    reader: _Reader, facts: _Facts, indexes: set[tuple[Repository, Digest]]
+) -> None:
+    todo = sorted((r, d) for r, d in indexes if d not in facts.indexes)
+    results = reader.map(lambda rd: reader.children(*rd), todo)
+    for (_, digest), children in zip(todo, results, strict=True):
+        facts.indexes[digest] = children
+
+
+def _read_drifted_indexes(
+    desired: DesiredState, reader: _Reader, facts: _Facts
+) -> None:
+    """Children of version indexes that differ from what the plan would build."""
+    drifted: set[tuple[Repository, Digest]] = set()
+    live = facts.freeze()
+    for image in desired.images:
+        for version in image.versions:
+            found = live.tags.get(image.version_ref(version))
+            if found is None or found.media_type not in INDEX_MEDIA_TYPES:
+                continue
+            expected = _expected_digest(image, version, live)
+            if found.digest != expected:
+                drifted.add((image.repository, found.digest))
+    _read_children(reader, facts, drifted)
+
+
+def _expected_digest(image: Image, version: str, live: LiveState) -> Digest | None:
+    try:
+        sources = [resolve_source(image, version, p, live) for p in image.platforms]
+    except SourceProblem:
+        return None  # the planner reports it
+    return desired_index(image, sources).digest
+
+
+def _config_platform(repository: Repository, digest: Digest, config: bytes) -> Platform:
+    try:
+        document = json.loads(config)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if not isinstance(document, dict) or not document.get("architecture"):
+        raise IntegrityError(
+            f"the image config of {repository}@{digest.short} declares no platform",
+            hint="rebuild the image; its config lacks os and architecture",
+        )
+    return Platform.from_json(document)
