@@ -1,0 +1,195 @@
+"""Execute a plan exactly: children before indexes, indexes before aliases.
+
+Writes run concurrently where independent. A change whose prerequisite
+failed is not attempted, so no tag ever points at an index whose children are
+missing; the next run picks up from whatever was done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from reconciler.errors import ApplyError, ReconcilerError
+from reconciler.oci import Descriptor, Digest, ImageManifest, Reference
+from reconciler.plan import Action, Change, Kind, Plan
+from reconciler.registries import Registries
+from reconciler.registry import BlobCopy, IntegrityError, RegistryClient, blob_copy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 8
+
+
+@dataclass
+class ApplyReport:
+    """What a run did, failed, and left alone; and how blobs travelled."""
+
+    done: list[Change] = field(default_factory=list)
+    failed: list[tuple[Change, ReconcilerError]] = field(default_factory=list)
+    skipped: list[Change] = field(default_factory=list)
+    blobs: Counter[BlobCopy] = field(default_factory=Counter)
+    bytes_uploaded: int = 0
+
+
+def check_stale(plan: Plan, registries: Registries, workers: int = 32) -> None:
+    """Raise "plan is stale" when any observed address moved since planning."""
+    addresses = sorted(plan.observed)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
+        now = list(pool.map(lambda a: _digest_now(registries, a), addresses))
+    moved = [
+        (address, plan.observed[address], digest)
+        for address, digest in zip(addresses, now, strict=True)
+        if digest != plan.observed[address]
+    ]
+    if moved:
+        raise ApplyError(_stale_message(moved), hint="run reconciler plan again")
+
+
+def apply_plan(
+    plan: Plan,
+    registries: Registries,
+    *,
+    on_done: Callable[[Change], None] = lambda change: None,
+    workers: int = DEFAULT_WORKERS,
+) -> ApplyReport:
+    """Apply every change in a safe order; never raises for a failed write."""
+    report = ApplyReport()
+    executor = _Executor(registries, report, on_done)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
+        for kind in (Kind.TAG, Kind.INDEX, Kind.ALIAS):
+            batch = [
+                c
+                for c in plan.changes
+                if c.kind is kind and c.action is not Action.DELETE
+            ]
+            ready, blocked = _split_ready(batch, report)
+            report.skipped += blocked
+            list(pool.map(executor.run, ready))
+    if any(c.action is Action.DELETE for c in plan.changes):
+        raise NotImplementedError("destroying tags is not supported yet")
+    return report
+
+
+def failure_message(report: ApplyReport, total: int) -> str:
+    """What was done, what was not, and why."""
+    lines = [
+        f"apply failed: {len(report.done)} of {total} changes done, "
+        f"{len(report.failed)} failed, {len(report.skipped)} not attempted"
+    ]
+    lines += [
+        f"  failed  {change.address}: {error.message}"
+        for change, error in report.failed
+    ]
+    lines += [
+        f"  skipped {change.address}: waits on a failed change"
+        for change in report.skipped
+    ]
+    return "\n".join(lines)
+
+
+class _Executor:
+    """Runs one change at a time; many of them at once in a pool."""
+
+    def __init__(
+        self,
+        registries: Registries,
+        report: ApplyReport,
+        on_done: Callable[[Change], None],
+    ) -> None:
+        self._registries = registries
+        self._report = report
+        self._on_done = on_done
+        self._lock = threading.Lock()
+
+    def run(self, change: Change) -> None:
+        try:
+            digest = self._write(change)
+            if digest != change.after:
+                raise IntegrityError(
+                    f"{change.address} was written as {digest}, planned {change.after}"
+                )
+        except ReconcilerError as error:
+            logger.debug("change %s failed", change.address, exc_info=True)
+            with self._lock:
+                self._report.failed.append((change, error))
+            return
+        with self._lock:
+            self._report.done.append(change)
+            self._on_done(change)
+
+    def _write(self, change: Change) -> Digest:
+        client = self._registries.client(change.address.registry)
+        content = change.content
+        if content is None:
+            content = self._copy(change, client)
+        return client.manifest_put(change.address, content, change.media_type)
+
+    def _copy(self, change: Change, target: RegistryClient) -> bytes:
+        """Bring the manifest's blobs into the target repository; return its bytes."""
+        if change.copy_from is None:
+            raise ApplyError(f"the plan gives no content for {change.address}")
+        source = self._registries.client(change.copy_from.registry)
+        fetched = source.manifest_get(change.copy_from).manifest
+        if isinstance(fetched, ImageManifest):
+            for blob in fetched.blobs:
+                self._copy_blob(blob, change.copy_from, change.address, source, target)
+        return fetched.raw
+
+    def _copy_blob(
+        self,
+        blob: Descriptor,
+        origin: Reference,
+        destination: Reference,
+        source: RegistryClient,
+        target: RegistryClient,
+    ) -> None:
+        how = blob_copy(blob, source, origin.repository, target, destination.repository)
+        with self._lock:
+            self._report.blobs[how] += 1
+            if how is BlobCopy.UPLOADED:
+                self._report.bytes_uploaded += blob.size
+
+
+def _split_ready(
+    batch: Iterable[Change], report: ApplyReport
+) -> tuple[list[Change], list[Change]]:
+    """Changes whose prerequisites all succeeded, and those that must wait."""
+    unfinished = [c for c, _ in report.failed] + report.skipped
+    ready: list[Change] = []
+    blocked: list[Change] = []
+    for change in batch:
+        waits = any(_depends_on(change, other) for other in unfinished)
+        (blocked if waits else ready).append(change)
+    return ready, blocked
+
+
+def _depends_on(change: Change, other: Change) -> bool:
+    if change.address.repository != other.address.repository:
+        return False
+    if change.kind is Kind.INDEX:
+        return any(child.digest == other.after for child in change.children)
+    if change.kind is Kind.ALIAS:
+        return change.target == other.address
+    return False
+
+
+def _digest_now(registries: Registries, address: str) -> Digest | None:
+    ref = Reference.parse(address)
+    info = registries.client(ref.registry).manifest_head(ref)
+    return info.digest if info else None
+
+
+def _stale_message(moved: list[tuple[str, Digest | None, Digest | None]]) -> str:
+    def show(digest: Digest | None) -> str:
+        return digest.short if digest else "absent"
+
+    lines = [
+        f"  {address}: {show(then)} at plan time, now {show(now)}"
+        for address, then, now in moved
+    ]
+    return "plan is stale; the registry changed since it was made:\n" + "\n".join(lines)

@@ -1,0 +1,264 @@
+"""The command line: the only place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from reconciler.apply import apply_plan, check_stale, failure_message
+from reconciler.desired import DesiredState, load_desired
+from reconciler.errors import ApplyError, ReconcilerError
+from reconciler.live import read_live
+from reconciler.plan import (
+    Action,
+    Change,
+    Plan,
+    load_plan,
+    plan_changes,
+    render_json,
+    render_plan,
+    save_plan,
+)
+from reconciler.registries import Registries, connection_settings
+from reconciler.registry import ConnectionSettings, docker_config
+
+logger = logging.getLogger("reconciler")
+
+DEFAULT_PATHS = ("desired",)
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+@click.group()
+@click.option(
+    "--chdir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Run as if started in this directory.",
+)
+@click.option(
+    "-v", "--verbose", count=True, help="More logs on stderr (-vv: HTTP detail)."
+)
+@click.version_option(package_name="reconciler")
+@click.pass_context
+def main(context: click.Context, chdir: str | None, verbose: int) -> None:
+    """Keep multi-arch image indexes in a registry as the desired state says."""
+    if chdir:
+        os.chdir(chdir)
+    context.obj = verbose
+    _configure_logging(verbose)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.pass_context
+def validate(context: click.Context, paths: tuple[Path, ...]) -> None:
+    """Check the desired-state files; no network."""
+    with _errors_exit(context):
+        desired = _load(paths)
+        click.echo(f"Valid: {len(desired.images)} images in {_shown(paths)}.")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), help="Save the plan for apply --plan."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 with no changes, 1 on error, 2 with changes.",
+)
+@click.pass_context
+def plan(
+    context: click.Context,
+    paths: tuple[Path, ...],
+    out: Path | None,
+    as_json: bool,
+    detailed_exitcode: bool,
+) -> None:
+    """Show what apply would change."""
+    with _errors_exit(context):
+        desired = _load(paths)
+        settings = connection_settings(desired)
+        with Registries(settings) as registries:
+            made = plan_changes(desired, read_live(desired, registries))
+        if out is not None:
+            save_plan(made, out, _saved_settings(settings))
+        click.echo(
+            render_json(made) if as_json else render_plan(made, _style()), nl=False
+        )
+    if detailed_exitcode and not made.summary.empty:
+        context.exit(EXIT_CHANGES)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--auto-approve", is_flag=True, help="Apply without asking.")
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Apply a plan saved with plan --out, refusing it if stale.",
+)
+@click.pass_context
+def apply(
+    context: click.Context,
+    paths: tuple[Path, ...],
+    auto_approve: bool,
+    plan_file: Path | None,
+) -> None:
+    """Plan, ask for approval, and make the changes."""
+    with _errors_exit(context):
+        if plan_file is not None:
+            if paths:
+                raise ReconcilerError("give either PATHS or --plan, not both")
+            _apply_saved(plan_file)
+        else:
+            _apply_fresh(paths, auto_approve)
+
+
+def _apply_saved(plan_file: Path) -> None:
+    made, saved = load_plan(plan_file)
+    settings = {
+        host: ConnectionSettings(**_settings_from(v)) for host, v in saved.items()
+    }
+    with Registries(settings) as registries:
+        check_stale(made, registries)
+        click.echo(render_plan(made, _style()), nl=False)
+        _execute(made, registries)
+
+
+def _apply_fresh(paths: tuple[Path, ...], auto_approve: bool) -> None:
+    desired = _load(paths)
+    with Registries(connection_settings(desired)) as registries:
+        made = plan_changes(desired, read_live(desired, registries))
+        click.echo(render_plan(made, _style()), nl=False)
+        if made.summary.empty:
+            return
+        if not auto_approve:
+            _confirm()
+            check_stale(made, registries)  # time passed while a person read it
+        _execute(made, registries)
+
+
+def _confirm() -> None:
+    if not sys.stdin.isatty():
+        raise ApplyError(
+            "apply needs approval, and there is no terminal to ask on",
+            hint="pass --auto-approve, or apply a reviewed plan with --plan FILE",
+        )
+    click.echo("\nDo you want to perform these actions?")
+    click.echo("  Only 'yes' will be accepted to approve.\n")
+    answer = click.prompt("  Enter a value", default="", show_default=False)
+    if answer.strip() != "yes":
+        raise ApplyError("apply cancelled; nothing was written")
+
+
+def _execute(made: Plan, registries: Registries) -> None:
+    total = len(made.changes)
+    counter = iter(range(1, total + 1))
+    report = apply_plan(
+        made, registries, on_done=lambda c: _report(c, next(counter), total)
+    )
+    if report.failed or report.skipped:
+        raise ApplyError(failure_message(report, total))
+    summary = made.summary
+    click.echo(
+        f"\nApply complete! {summary.add} added, {summary.change} changed, "
+        f"{summary.destroy} destroyed."
+    )
+    if report.bytes_uploaded:
+        click.echo(
+            f"{report.bytes_uploaded} bytes of blobs were uploaded (not mountable)."
+        )
+
+
+def _report(change: Change, number: int, total: int) -> None:
+    verbs = {
+        Action.CREATE: "created",
+        Action.UPDATE: "updated",
+        Action.DELETE: "destroyed",
+    }
+    digest = change.after.short if change.after else ""
+    click.echo(f"[{number}/{total}] {change.address}: {verbs[change.action]} {digest}")
+
+
+def _load(paths: Sequence[Path]) -> DesiredState:
+    config = docker_config()
+    return load_desired(
+        [*paths] or [Path(p) for p in DEFAULT_PATHS], known_hosts=config.has_host
+    )
+
+
+def _shown(paths: Sequence[Path]) -> str:
+    return ", ".join(str(p) for p in paths) or ", ".join(DEFAULT_PATHS)
+
+
+def _saved_settings(
+    settings: dict[str, ConnectionSettings],
+) -> dict[str, dict[str, Any]]:
+    # Only names of environment variables are kept; never their values.
+    saved = {}
+    for host, entry in settings.items():
+        data = asdict(entry)
+        data["ca_file"] = str(entry.ca_file.resolve()) if entry.ca_file else None
+        data["certs_dir"] = str(entry.certs_dir)
+        saved[host] = data
+    return saved
+
+
+def _settings_from(data: dict[str, Any]) -> dict[str, Any]:
+    values = dict(data)
+    for key in ("ca_file", "certs_dir"):
+        if values.get(key):
+            values[key] = Path(values[key])
+    return values
+
+
+def _style() -> Callable[[str, str], str]:
+    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+    def style(text: str, name: str) -> str:
+        return click.style(text, fg=name) if colour and name else text
+
+    return style
+
+
+@contextmanager
+def _errors_exit(context: click.Context) -> Iterator[None]:
+    """Print a project error without a traceback (-v shows it) and exit 1."""
+    try:
+        yield
+    except ReconcilerError as error:
+        _traceback_if_verbose(context)
+        click.echo(f"Error: {error}", err=True)
+        context.exit(EXIT_ERROR)
+    except NotImplementedError as error:
+        _traceback_if_verbose(context)
+        click.echo(f"Error: not supported yet: {error}", err=True)
+        context.exit(EXIT_ERROR)
+
+
+def _traceback_if_verbose(context: click.Context) -> None:
+    if context.find_root().obj:
+        click.echo(traceback.format_exc(), err=True, nl=False)
+
+
+def _configure_logging(verbose: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+    if verbose >= 2:
+        logger.debug("verbose logging; credentials are never logged")
