@@ -29,7 +29,7 @@ from reconciler.plan import (
     save_plan,
 )
 from reconciler.registries import Registries, connection_settings
-from reconciler.registry import ConnectionSettings, docker_config
+from reconciler.registry import BlobCopy, ConnectionSettings, docker_config
 
 logger = logging.getLogger("reconciler")
 
@@ -176,9 +176,12 @@ def _execute(made: Plan, registries: Registries) -> None:
         f"\nApply complete! {summary.add} added, {summary.change} changed, "
         f"{summary.destroy} destroyed."
     )
-    if report.bytes_uploaded:
+    if report.blobs:
+        blobs = report.blobs
         click.echo(
-            f"{report.bytes_uploaded} bytes of blobs were uploaded (not mountable)."
+            f"Blobs: {blobs[BlobCopy.MOUNTED]} mounted, "
+            f"{blobs[BlobCopy.PRESENT]} already there, {blobs[BlobCopy.UPLOADED]} "
+            f"uploaded ({report.bytes_uploaded} bytes)."
         )
 
 
