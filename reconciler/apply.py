@@ -62,17 +62,32 @@ def apply_plan(
     executor = _Executor(registries, report, on_done)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
         for kind in (Kind.TAG, Kind.INDEX, Kind.ALIAS):
-            batch = [
-                c
-                for c in plan.changes
-                if c.kind is kind and c.action is not Action.DELETE
-            ]
+            batch = [c for c in _writes(plan) if c.kind is kind]
             ready, blocked = _split_ready(batch, report)
             report.skipped += blocked
             list(pool.map(executor.run, ready))
-    if any(c.action is Action.DELETE for c in plan.changes):
-        raise NotImplementedError("destroying tags is not supported yet")
+        _destroy_all(plan, report, executor, pool)
     return report
+
+
+def _writes(plan: Plan) -> list[Change]:
+    return [c for c in plan.changes if c.action is not Action.DELETE]
+
+
+def _destroy_all(
+    plan: Plan, report: ApplyReport, executor: _Executor, pool: ThreadPoolExecutor
+) -> None:
+    """Destroys, parents before children, and only once every write succeeded.
+
+    Whether a manifest is safe to delete was decided assuming the writes
+    were done; after a failed write that no longer holds.
+    """
+    destroys = [c for c in plan.changes if c.action is Action.DELETE]
+    if report.failed or report.skipped:
+        report.skipped += destroys
+        return
+    for kind in (Kind.ALIAS, Kind.INDEX, Kind.TAG):
+        list(pool.map(executor.run, [c for c in destroys if c.kind is kind]))
 
 
 def failure_message(report: ApplyReport, total: int) -> str:
@@ -108,11 +123,10 @@ class _Executor:
 
     def run(self, change: Change) -> None:
         try:
-            digest = self._write(change)
-            if digest != change.after:
-                raise IntegrityError(
-                    f"{change.address} was written as {digest}, planned {change.after}"
-                )
+            if change.action is Action.DELETE:
+                self._delete(change)
+            else:
+                self._write_checked(change)
         except ReconcilerError as error:
             logger.debug("change %s failed", change.address, exc_info=True)
             with self._lock:
@@ -121,6 +135,27 @@ class _Executor:
         with self._lock:
             self._report.done.append(change)
             self._on_done(change)
+
+    def _write_checked(self, change: Change) -> None:
+        digest = self._write(change)
+        if digest != change.after:
+            raise IntegrityError(
+                f"{change.address} was written as {digest}, planned {change.after}"
+            )
+
+    def _delete(self, change: Change) -> None:
+        """Delete the manifest the tag points at, if it still points there."""
+        client = self._registries.client(change.address.registry)
+        now = client.manifest_head(change.address)
+        if now is None:
+            return  # gone already, e.g. with an alias on the same manifest
+        if now.digest != change.before:
+            raise ApplyError(
+                f"{change.address} moved to {now.digest.short} since planning; "
+                "not deleting it",
+                hint="run reconciler plan again",
+            )
+        client.manifest_delete(change.address.repository, now.digest)
 
     def _write(self, change: Change) -> Digest:
         client = self._registries.client(change.address.registry)

@@ -145,18 +145,26 @@ def _apply_fresh(paths: tuple[Path, ...], auto_approve: bool) -> None:
         if made.summary.empty:
             return
         if not auto_approve:
-            _confirm()
+            _confirm(made)
             check_stale(made, registries)  # time passed while a person read it
         _execute(made, registries)
 
 
-def _confirm() -> None:
+def _confirm(made: Plan) -> None:
     if not sys.stdin.isatty():
         raise ApplyError(
             "apply needs approval, and there is no terminal to ask on",
             hint="pass --auto-approve, or apply a reviewed plan with --plan FILE",
         )
-    click.echo("\nDo you want to perform these actions?")
+    _ask("Do you want to perform these actions?")
+    destroy = made.summary.destroy
+    if destroy:
+        # Destroys cannot be undone by this tool: ask a second time.
+        _ask(f"This plan destroys {destroy} tag(s). Really destroy them?")
+
+
+def _ask(question: str) -> None:
+    click.echo(f"\n{question}")
     click.echo("  Only 'yes' will be accepted to approve.\n")
     answer = click.prompt("  Enter a value", default="", show_default=False)
     if answer.strip() != "yes":
@@ -191,8 +199,9 @@ def _report(change: Change, number: int, total: int) -> None:
         Action.UPDATE: "updated",
         Action.DELETE: "destroyed",
     }
-    digest = change.after.short if change.after else ""
-    click.echo(f"[{number}/{total}] {change.address}: {verbs[change.action]} {digest}")
+    digest = change.after or change.before
+    shown = digest.short if digest else ""
+    click.echo(f"[{number}/{total}] {change.address}: {verbs[change.action]} {shown}")
 
 
 def _load(paths: Sequence[Path]) -> DesiredState:

@@ -52,9 +52,15 @@ class _Facts:
     tags: dict[Reference, Descriptor | None] = field(default_factory=dict)
     platforms: dict[Digest, Platform] = field(default_factory=dict)
     indexes: dict[Digest, tuple[Descriptor, ...]] = field(default_factory=dict)
+    repository_tags: dict[Repository, tuple[str, ...]] = field(default_factory=dict)
 
     def freeze(self) -> LiveState:
-        return LiveState(dict(self.tags), dict(self.platforms), dict(self.indexes))
+        return LiveState(
+            dict(self.tags),
+            dict(self.platforms),
+            dict(self.indexes),
+            dict(self.repository_tags),
+        )
 
 
 def read_live(
@@ -67,6 +73,7 @@ def read_live(
         facts.tags = reader.head_all(_addresses(desired))
         _read_sources(desired, reader, facts)
         _read_drifted_indexes(desired, reader, facts)
+        _read_pruned_repositories(desired, reader, facts)
     logger.info("read %d addresses", len(facts.tags))
     return facts.freeze()
 
@@ -90,6 +97,11 @@ class _Reader:
         if info is None:
             return None
         return Descriptor(info.media_type, info.digest, info.size)
+
+    def tags(self, repository: Repository) -> tuple[str, ...]:
+        """Every tag of the repository."""
+        client = self._registries.client(repository.registry)
+        return tuple(sorted(client.tag_list(repository)))
 
     def children(
         self, repository: Repository, digest: Digest
@@ -209,3 +221,26 @@ def _config_platform(repository: Repository, digest: Digest, config: bytes) -> P
             hint="rebuild the image; its config lacks os and architecture",
         )
     return Platform.from_json(document)
+
+
+def _read_pruned_repositories(
+    desired: DesiredState, reader: _Reader, facts: _Facts
+) -> None:
+    """Every tag of repositories that prune, and the children of their indexes.
+
+    Pruning must know every tag on a manifest before deleting it, and every
+    index that stays and could list it.
+    """
+    repositories = sorted({i.repository for i in desired.images if i.prune})
+    listed = reader.map(reader.tags, repositories)
+    facts.repository_tags.update(zip(repositories, listed, strict=True))
+    unread = [
+        r.tag(t) for r, tags in zip(repositories, listed, strict=True) for t in tags
+    ]
+    facts.tags.update(reader.head_all(ref for ref in unread if ref not in facts.tags))
+    indexes = {
+        (ref.repository, found.digest)
+        for ref in unread
+        if (found := facts.tags.get(ref)) and found.media_type in INDEX_MEDIA_TYPES
+    }
+    _read_children(reader, facts, indexes)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +11,7 @@ from click.testing import CliRunner
 from reconciler.cli import main
 from reconciler.testkit.registry import RegistryServer, free_port
 
+from .helpers import run_on_terminal
 from .scenario import Scenario
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "desired"
@@ -114,50 +109,6 @@ def test_apply_of_a_missing_plan_file_is_a_clear_error(tmp_path: Path) -> None:
 
     assert result.exit_code == 1
     assert "cannot read plan file" in result.stderr
-
-
-def run_on_terminal(scenario: Scenario, answer: str) -> tuple[int, str]:
-    """Run apply with a pseudo-terminal as stdin and stdout; type `answer`."""
-    primary, secondary = pty.openpty()
-    env = {
-        **os.environ,
-        "HARBOR_USERNAME": scenario.user,
-        "HARBOR_PASSWORD": scenario.server.users[scenario.user],
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "reconciler",
-        "--chdir",
-        str(scenario.workdir),
-        "apply",
-    ]
-    process = subprocess.Popen(
-        command, stdin=secondary, stdout=secondary, stderr=secondary, env=env
-    )
-    os.close(secondary)
-    output = _read_until(primary, b"Enter a value")
-    os.write(primary, answer.encode() + b"\n")
-    output += _read_until(primary, None)
-    os.close(primary)
-    return process.wait(timeout=60), output.decode(errors="replace")
-
-
-def _read_until(fd: int, marker: bytes | None, timeout: float = 60) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (marker is None or marker not in data):
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_apply_on_a_terminal_aborts_on_anything_but_yes(scenario: Scenario) -> None:

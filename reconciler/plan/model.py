@@ -34,8 +34,10 @@ class Kind(StrEnum):
 
 
 # Within a repository, children are written before the index that lists
-# them, and an index before the aliases that point at it.
+# them, and an index before the aliases that point at it. Destroys come
+# after every write, parents first, so no index loses a child it lists.
 KIND_ORDER = {Kind.TAG: 0, Kind.INDEX: 1, Kind.ALIAS: 2}
+DESTROY_ORDER = {Kind.ALIAS: 3, Kind.INDEX: 4, Kind.TAG: 5}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,8 @@ class Change:
 
     @property
     def sort_key(self) -> tuple[str, int, str]:
-        return (str(self.address.repository), KIND_ORDER[self.kind], str(self.address))
+        order = DESTROY_ORDER if self.action is Action.DELETE else KIND_ORDER
+        return (str(self.address.repository), order[self.kind], str(self.address))
 
 
 @dataclass(frozen=True, slots=True)

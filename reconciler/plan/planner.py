@@ -19,6 +19,7 @@ from reconciler.plan._build import (
     resolve_source,
 )
 from reconciler.plan.model import Action, Change, Child, Kind, Plan
+from reconciler.plan.prune import plan_prunes
 from reconciler.plan.state import LiveState
 
 
@@ -37,17 +38,24 @@ def plan_changes(desired: DesiredState, live: LiveState) -> Plan:
     Raises `PlanError` listing every problem found, when any is.
     """
     changes: list[Change] = []
+    warnings: list[str] = []
     problems: list[str] = []
     for image in desired.images:
+        writes: list[Change] = []
         for version in image.versions:
             try:
-                changes += _plan_version(image, version, live)
+                writes += _plan_version(image, version, live)
             except _VersionProblems as error:
                 problems += error.problems
+        changes += writes
+        if image.prune and not problems:
+            pruning = plan_prunes(image, live, writes)
+            changes += pruning.changes
+            warnings += pruning.warnings
     if problems:
         raise PlanError(_problem_text(problems))
     ordered = tuple(sorted(changes, key=lambda change: change.sort_key))
-    return Plan(ordered, live.observed())
+    return Plan(ordered, live.observed(), tuple(warnings))
 
 
 class _VersionProblems(Exception):

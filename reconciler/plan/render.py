@@ -60,6 +60,8 @@ def render_change(change: Change, style: Style = plain) -> str:
 
 
 def _details(change: Change) -> list[str]:
+    if change.action is Action.DELETE:
+        return _field_lines([("digest", _transition(change.before, None))])
     if change.kind is Kind.TAG:
         return _tag_details(change)
     if change.kind is Kind.INDEX:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from reconciler.oci import Descriptor, Digest, Platform, Reference
+from reconciler.oci import Descriptor, Digest, Platform, Reference, Repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,11 +16,14 @@ class LiveState:
     size; no platform), or None when there is no such tag. `platforms` gives
     the platform of image manifests, read from their configs; `indexes` the
     children of the indexes that had to be read, attestations left out.
+    `repository_tags` lists every tag of the repositories of images that
+    prune; each of those tags is in `tags` too.
     """
 
     tags: Mapping[Reference, Descriptor | None]
     platforms: Mapping[Digest, Platform]
     indexes: Mapping[Digest, tuple[Descriptor, ...]]
+    repository_tags: Mapping[Repository, tuple[str, ...]] = field(default_factory=dict)
 
     def observed(self) -> dict[str, Digest | None]:
         """Each address read and its digest, as saved with a plan."""
