@@ -243,3 +243,26 @@ def test_oci_sources_give_an_oci_index(
 
     index = next(c for c in document["changes"] if c["kind"] == "index")
     assert index["media_type"] == "application/vnd.oci.image.index.v1+json"
+
+
+def test_without_source_the_platform_tags_are_the_sources(applied: Scenario) -> None:
+    """With no source template, existing platform tags feed the index."""
+    text = (applied.workdir / "desired" / "java-gdal.yaml").read_text()
+    lines = [line for line in text.splitlines() if "source:" not in line]
+    (applied.workdir / "desired" / "java-gdal.yaml").write_text("\n".join(lines) + "\n")
+
+    assert applied.run("plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_without_source_a_missing_platform_tag_is_an_error(applied: Scenario) -> None:
+    """A version whose platform tags do not exist, and no source, cannot be planned."""
+    applied.write_desired(versions=("3.8.5", "4.0.0"), aliases={})
+    text = (applied.workdir / "desired" / "java-gdal.yaml").read_text()
+    lines = [line for line in text.splitlines() if "source:" not in line]
+    (applied.workdir / "desired" / "java-gdal.yaml").write_text("\n".join(lines) + "\n")
+
+    result = applied.run("plan", "--detailed-exitcode")
+
+    assert result.exit_code == 1
+    assert "java-gdal-local:4.0.0-amd64 does not exist" in result.stderr
+    assert "no source" in result.stderr

@@ -577,3 +577,24 @@ def test_no_secret_reaches_the_logs(
         assert token not in logged
         assert token[:40] not in logged
     assert "Authorization" not in logged
+
+
+def test_token_refused_by_the_registry_is_renewed_once(
+    registry_token: RegistryServer, token_service: TokenService, namespace: str
+) -> None:
+    """A cached token the registry answers with 401 is dropped and fetched again."""
+    seed(registry_token, f"{namespace}/app", "1.0")
+    address = ref(registry_token, f"{namespace}/app:1.0")
+    with client_for(registry_token) as client:
+        token_service.clock_offset = -(token_service.expires_in + 180)
+        try:
+            with pytest.raises(AuthenticationError):
+                client.manifest_head(address)  # every token is expired on arrival
+        finally:
+            token_service.clock_offset = 0
+        token_service.clear_requests()
+
+        found = client.manifest_head(address)
+
+    assert found is not None
+    assert token_service.request_count == 1
