@@ -29,6 +29,7 @@ from reconciler.oci import (
     parse_manifest,
 )
 from reconciler.registry._auth import Authenticator, Challenge, Scopes
+from reconciler.registry._cookies import NoCookies
 from reconciler.registry._credentials import Credentials
 from reconciler.registry._errors import (
     IntegrityError,
@@ -102,6 +103,7 @@ class RegistryClient:
                 max_keepalive_connections=max_connections,
             ),
             follow_redirects=False,
+            cookies=NoCookies(),
         )
         self._auth = Authenticator(
             self._http,
