@@ -53,6 +53,7 @@ class _Facts:
     platforms: dict[Digest, Platform] = field(default_factory=dict)
     indexes: dict[Digest, tuple[Descriptor, ...]] = field(default_factory=dict)
     repository_tags: dict[Repository, tuple[str, ...]] = field(default_factory=dict)
+    documents: dict[Digest, bytes] = field(default_factory=dict)
 
     def freeze(self) -> LiveState:
         return LiveState(
@@ -60,6 +61,7 @@ class _Facts:
             dict(self.platforms),
             dict(self.indexes),
             dict(self.repository_tags),
+            dict(self.documents),
         )
 
 
@@ -103,14 +105,12 @@ class _Reader:
         client = self._registries.client(repository.registry)
         return tuple(sorted(client.tag_list(repository)))
 
-    def children(
-        self, repository: Repository, digest: Digest
-    ) -> tuple[Descriptor, ...]:
-        """The platform children of an index, attestations left out."""
+    def index(self, repository: Repository, digest: Digest) -> Index:
+        """An index, read by digest."""
         manifest = self._get(repository, digest)
         if not isinstance(manifest, Index):
             raise IntegrityError(f"{repository}@{digest} is not an index")
-        return manifest.images
+        return manifest
 
     def platform(self, repository: Repository, digest: Digest) -> Platform:
         """The platform an image's config declares."""
@@ -180,9 +180,10 @@ def _read_children(
     reader: _Reader, facts: _Facts, indexes: set[tuple[Repository, Digest]]
 ) -> None:
     todo = sorted((r, d) for r, d in indexes if d not in facts.indexes)
-    results = reader.map(lambda rd: reader.children(*rd), todo)
-    for (_, digest), children in zip(todo, results, strict=True):
-        facts.indexes[digest] = children
+    results = reader.map(lambda rd: reader.index(*rd), todo)
+    for (_, digest), index in zip(todo, results, strict=True):
+        facts.indexes[digest] = index.images
+        facts.documents[digest] = index.raw
 
 
 def _read_drifted_indexes(

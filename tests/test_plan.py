@@ -266,3 +266,29 @@ def test_without_source_a_missing_platform_tag_is_an_error(applied: Scenario) ->
     assert result.exit_code == 1
     assert "java-gdal-local:4.0.0-amd64 does not exist" in result.stderr
     assert "no source" in result.stderr
+
+
+def test_index_of_another_media_type_says_what_differs(applied: Scenario) -> None:
+    """An OCI index where a Docker manifest list is wanted is rewritten, and why."""
+    sources = applied.sources
+    push_index(
+        applied.server,
+        f"{applied.namespace}/java-gdal-local",
+        "3.8.5",
+        [
+            (sources[("3.8.5", "amd64")], "linux/amd64"),
+            (sources[("3.8.5", "arm64")], "linux/arm64"),
+        ],
+        fmt="oci",
+        credentials=applied.admin,
+    )
+
+    result = applied.run("plan")
+
+    assert changes(applied) == {
+        "registry.test/library/ns/java-gdal-local:3.8.5": ("update", "index"),
+    }
+    block = result.stdout.split("will be updated in place")[1]
+    assert "differs" in block
+    assert "mediaType changed" in block
+    assert "application/vnd.oci.image.index.v1+json" in block

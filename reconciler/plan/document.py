@@ -93,6 +93,7 @@ def _change_json(change: Change) -> dict[str, Any]:
         data["target"] = str(change.target)
     if change.kind is Kind.INDEX:
         data["children"] = [_child_json(child) for child in change.children]
+        data["differences"] = list(change.differences)
     return data
 
 
@@ -131,6 +132,7 @@ def _change_from(item: dict[str, Any]) -> Change:
         content=base64.b64decode(content) if content else None,
         children=tuple(_child_from(child) for child in item.get("children") or ()),
         target=_reference(item.get("target")),
+        differences=tuple(str(line) for line in item.get("differences") or ()),
     )
 
 

@@ -79,6 +79,7 @@ class Change:
     content: bytes | None = field(default=None, repr=False)
     children: tuple[Child, ...] = ()
     target: Reference | None = None  # for an alias: the version it follows
+    differences: tuple[str, ...] = ()  # for an index: what differs, in words
 
     @property
     def sort_key(self) -> tuple[str, int, str]:

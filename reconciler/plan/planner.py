@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from reconciler.desired import DesiredState, Image
 from reconciler.errors import PlanError
-from reconciler.oci import Descriptor, Digest, Platform, Reference
+from reconciler.oci import (
+    INDEX_MEDIA_TYPES,
+    Descriptor,
+    Digest,
+    Platform,
+    Reference,
+    describe_media_type,
+)
 from reconciler.plan._build import (
     DesiredIndex,
     Source,
@@ -18,6 +25,7 @@ from reconciler.plan._build import (
     desired_index,
     resolve_source,
 )
+from reconciler.plan._explain import explain_index
 from reconciler.plan.model import Action, Change, Child, Kind, Plan
 from reconciler.plan.prune import plan_prunes
 from reconciler.plan.state import LiveState
@@ -128,8 +136,22 @@ def _version_index(
         size=len(index.content),
         content=index.content,
         children=_child_changes(index.children, live_children),
+        differences=_differences(before, index, live),
     )
     return change, index.digest
+
+
+def _differences(
+    before: Descriptor | None, index: DesiredIndex, live: LiveState
+) -> tuple[str, ...]:
+    if before is None:
+        return ()
+    if before.media_type not in INDEX_MEDIA_TYPES:
+        return (
+            f"the tag holds a {describe_media_type(before.media_type)}, not an index",
+        )
+    document = live.documents.get(before.digest)
+    return explain_index(document, index.content) if document else ()
 
 
 def _same_index(before: Descriptor, index: DesiredIndex, live: LiveState) -> bool:

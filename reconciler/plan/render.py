@@ -69,6 +69,7 @@ def _details(change: Change) -> list[str]:
             [
                 ("media type", describe_media_type(change.media_type)),
                 ("digest", _transition(change.before, change.after)),
+                *(("differs", line) for line in change.differences),
             ]
         )
     return _field_lines(

@@ -17,13 +17,15 @@ class LiveState:
     the platform of image manifests, read from their configs; `indexes` the
     children of the indexes that had to be read, attestations left out.
     `repository_tags` lists every tag of the repositories of images that
-    prune; each of those tags is in `tags` too.
+    prune; each of those tags is in `tags` too. `documents` keeps the bytes
+    of the indexes that were read, to tell people what differs in them.
     """
 
     tags: Mapping[Reference, Descriptor | None]
     platforms: Mapping[Digest, Platform]
     indexes: Mapping[Digest, tuple[Descriptor, ...]]
     repository_tags: Mapping[Repository, tuple[str, ...]] = field(default_factory=dict)
+    documents: Mapping[Digest, bytes] = field(default_factory=dict)
 
     def observed(self) -> dict[str, Digest | None]:
         """Each address read and its digest, as saved with a plan."""
