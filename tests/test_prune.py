@@ -189,3 +189,21 @@ def test_destroying_on_a_terminal_asks_twice(applied: Scenario) -> None:
     assert "Really destroy them?" in output
     assert tags_of(applied) == before
     assert applied.server.count("DELETE", r".*", since=mark) == 0
+
+
+def test_two_entries_for_one_repository_do_not_prune_each_other(
+    applied: Scenario,
+) -> None:
+    """A pruning entry leaves alone the versions another entry claims."""
+    host, namespace = applied.server.host, applied.namespace
+    source = f"{host}/{namespace}/java-gdal-local-{{arch}}:{{version}}"
+    second = (
+        f"  - repository: {applied.repository}\n"
+        '    versions: ["3.8.5"]\n'
+        f"    source: {source}\n"
+    )
+    applied.write_desired(versions=REST, extra=PRUNE + second)
+
+    result = applied.run("plan", "--detailed-exitcode")
+
+    assert result.exit_code == 0, result.output

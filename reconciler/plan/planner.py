@@ -57,13 +57,23 @@ def plan_changes(desired: DesiredState, live: LiveState) -> Plan:
                 problems += error.problems
         changes += writes
         if image.prune and not problems:
-            pruning = plan_prunes(image, live, writes)
+            pruning = plan_prunes(image, live, writes, _claimed(desired, image))
             changes += pruning.changes
             warnings += pruning.warnings
     if problems:
         raise PlanError(_problem_text(problems))
     ordered = tuple(sorted(changes, key=lambda change: change.sort_key))
     return Plan(ordered, live.observed(), tuple(warnings))
+
+
+def _claimed(desired: DesiredState, image: Image) -> set[str]:
+    """Every tag the desired state claims in the image's repository."""
+    return {
+        tag
+        for other in desired.images
+        if other.repository == image.repository
+        for tag in other.tags()
+    }
 
 
 class _VersionProblems(Exception):

@@ -51,13 +51,20 @@ class Pruning:
     warnings: tuple[str, ...]
 
 
-def plan_prunes(image: Image, live: LiveState, writes: Iterable[Change]) -> Pruning:
-    """Destroys that remove what `image` produced and no longer lists."""
+def plan_prunes(
+    image: Image, live: LiveState, writes: Iterable[Change], claimed: Iterable[str]
+) -> Pruning:
+    """Destroys that remove what `image` produced and no longer lists.
+
+    `claimed` holds every tag that any image of the desired state claims in
+    the repository, so that two entries for one repository never prune each
+    other's tags.
+    """
     listed = live.repository_tags.get(image.repository)
     if listed is None:
         return Pruning((), ())
     after = _digests_after(image, live, writes, listed)
-    wanted = set(image.tags())
+    wanted = set(image.tags()) | set(claimed)
     doomed = _namespace_leftovers(image, live, listed, wanted)
     staying = {tag: digest for tag, digest in after.items() if tag not in doomed}
     changes, warnings = [], []
