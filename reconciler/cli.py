@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -14,9 +15,12 @@ from typing import Any
 
 import click
 
+from reconciler.adopt import Access, import_desired
 from reconciler.apply import apply_plan, check_stale, failure_message
 from reconciler.desired import DesiredState, load_desired
+from reconciler.desired.jsonschema import desired_state_schema
 from reconciler.errors import ApplyError, ReconcilerError
+from reconciler.gitlab import PlanReports, publishing
 from reconciler.live import read_live
 from reconciler.plan import (
     Action,
@@ -28,6 +32,7 @@ from reconciler.plan import (
     render_plan,
     save_plan,
 )
+from reconciler.plan.gitlab import desired_addresses
 from reconciler.registries import Registries, connection_settings
 from reconciler.registry import BlobCopy, ConnectionSettings, docker_config
 
@@ -67,6 +72,12 @@ def validate(context: click.Context, paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
+def schema() -> None:
+    """Print the JSON Schema (draft 2020-12) of the desired-state files."""
+    click.echo(json.dumps(desired_state_schema(), indent=2))
+
+
+@main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Save the plan for apply --plan."
@@ -77,6 +88,27 @@ def validate(context: click.Context, paths: tuple[Path, ...]) -> None:
     is_flag=True,
     help="Exit 0 with no changes, 1 on error, 2 with changes.",
 )
+@click.option(
+    "--gitlab-report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the Terraform report for GitLab's artifacts:reports:terraform.",
+)
+@click.option(
+    "--markdown",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the plan, or its error, as Markdown for a merge-request comment.",
+)
+@click.option(
+    "--junit",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write JUnit XML: one test case per desired address, drift failing.",
+)
+@click.option(
+    "--post-mr-note",
+    is_flag=True,
+    help="Post the plan to the merge request (RECONCILER_GITLAB_TOKEN); "
+    "a failure to post is a warning.",
+)
 @click.pass_context
 def plan(
     context: click.Context,
@@ -84,13 +116,20 @@ def plan(
     out: Path | None,
     as_json: bool,
     detailed_exitcode: bool,
+    gitlab_report: Path | None,
+    markdown: Path | None,
+    junit: Path | None,
+    post_mr_note: bool,
 ) -> None:
     """Show what apply would change."""
-    with _errors_exit(context):
+    reports = PlanReports(gitlab_report, markdown, junit, post_mr_note)
+    with _errors_exit(context), publishing(reports, _echo_stderr):
         desired = _load(paths)
+        reports.addresses = desired_addresses(desired)
         settings = connection_settings(desired)
         with Registries(settings) as registries:
             made = plan_changes(desired, read_live(desired, registries))
+        reports.plan = made
         if out is not None:
             save_plan(made, out, _saved_settings(settings))
         click.echo(
@@ -204,6 +243,44 @@ def _report(change: Change, number: int, total: int) -> None:
     click.echo(f"[{number}/{total}] {change.address}: {verbs[change.action]} {shown}")
 
 
+@main.command("import")
+@click.argument("references", nargs=-1, required=True)
+@click.option(
+    "--ca-file",
+    "ca_files",
+    multiple=True,
+    metavar="HOST=PATH",
+    help="CA bundle to trust for HOST; written into registries: as given.",
+)
+@click.option(
+    "--insecure",
+    "insecure_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="Speak plain HTTP to HOST.",
+)
+@click.option("--username-env", metavar="NAME", help="Variable holding the username.")
+@click.option("--password-env", metavar="NAME", help="Variable holding the password.")
+@click.pass_context
+def import_(
+    context: click.Context,
+    references: tuple[str, ...],
+    ca_files: tuple[str, ...],
+    insecure_hosts: tuple[str, ...],
+    username_env: str | None,
+    password_env: str | None,
+) -> None:
+    """Print desired state for REFERENCE... (host/path or host/path:tag)."""
+    with _errors_exit(context):
+        access = Access.from_options(
+            ca_files,
+            insecure_hosts,
+            username_env,
+            password_env,
+        )
+        click.echo(import_desired(references, access), nl=False)
+
+
 def _load(paths: Sequence[Path]) -> DesiredState:
     config = docker_config()
     return load_desired(
@@ -234,6 +311,10 @@ def _settings_from(data: dict[str, Any]) -> dict[str, Any]:
         if values.get(key):
             values[key] = Path(values[key])
     return values
+
+
+def _echo_stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _style() -> Callable[[str, str], str]:
