@@ -6,6 +6,7 @@ import logging
 from enum import StrEnum
 
 from reconciler.oci import Descriptor, Repository
+from reconciler.registry._errors import RegistryError
 from reconciler.registry.client import RegistryClient
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def blob_copy(
     registries there is nothing to mount from. Then the blob is streamed from
     source to target without being held in memory.
     """
+    location: str | None = None
     if source is target:
         location = target.blob_mount(target_repository, blob.digest, source_repository)
         if location is None:
@@ -42,8 +44,17 @@ def blob_copy(
         )
     elif target.blob_head(target_repository, blob.digest):
         return BlobCopy.PRESENT
-    else:
-        location = target.blob_upload_start(target_repository)
-    with source.blob_stream(source_repository, blob.digest) as chunks:
-        target.blob_upload(target_repository, location, blob.digest, blob.size, chunks)
+    sessions = iter([location] if location else [])
+
+    def stream() -> None:
+        # A failed stream cannot be resumed: each try opens a new session.
+        url = next(sessions, None) or target.blob_upload_start(target_repository)
+        with source.blob_stream(source_repository, blob.digest) as chunks:
+            target.blob_upload(target_repository, url, blob.digest, blob.size, chunks)
+
+    target.retry.call(stream, also=_transient)
     return BlobCopy.UPLOADED
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, RegistryError) and error.transient

@@ -39,10 +39,13 @@ class RegistryError(ReconcilerError):
         hint: str | None = None,
         status: int | None = None,
         details: tuple[RegistryErrorDetail, ...] = (),
+        transient: bool = False,
     ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
         self.details = details
+        self.transient = transient
+        """Whether trying the whole operation again may succeed."""
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -116,7 +119,8 @@ def error_for_reply(reply: Reply, action: str) -> RegistryError:
     reason = f"{status} {reply.reason}" + (f" ({said})" if said else "")
     message = f"failed to {action}: {reason}"
     kind, hint = _classify(status)
-    return kind(message, hint=hint, status=status, details=details)
+    transient = status in (429, 502, 503, 504)
+    return kind(message, hint=hint, status=status, details=details, transient=transient)
 
 
 def _classify(status: int) -> tuple[type[RegistryError], str | None]:

@@ -57,10 +57,12 @@ class RetryPolicy:
     wait_initial: float = 0.2
     wait_max: float = 10.0
 
-    def call(self, action: Callable[[], T]) -> T:
-        """Run `action`, retrying it as the policy allows."""
+    def call(
+        self, action: Callable[[], T], also: Callable[[Exception], bool] | None = None
+    ) -> T:
+        """Run `action`, retrying it as the policy allows, and when `also` says so."""
         started = time.monotonic()
-        hook = _backoff_hook(started, self.deadline)
+        hook = _backoff_hook(started, self.deadline, also)
         for attempt in stamina.retry_context(
             on=hook,
             attempts=self.attempts,
@@ -74,9 +76,11 @@ class RetryPolicy:
 
 
 def _backoff_hook(
-    started: float, deadline: float
+    started: float, deadline: float, also: Callable[[Exception], bool] | None
 ) -> Callable[[Exception], bool | float]:
     def hook(error: Exception) -> bool | float:
+        if also is not None and also(error):
+            return True
         if isinstance(error, RetryableStatus):
             wait = retry_after(error.reply.headers)
             if wait is None:

@@ -13,6 +13,7 @@ from reconciler.registry._errors import (
     Reply,
     TLSError,
 )
+from reconciler.registry._retry import is_transient
 from reconciler.registry._settings import ConnectionSettings
 
 E = TypeVar("E", bound=BaseException)
@@ -22,6 +23,14 @@ def explain_transport_error(
     error: httpx.TransportError, settings: ConnectionSettings
 ) -> RegistryError:
     """Translate an httpx transport error for `settings.host`."""
+    explained = _explain(error, settings)
+    explained.transient = is_transient(error)
+    return explained
+
+
+def _explain(
+    error: httpx.TransportError, settings: ConnectionSettings
+) -> RegistryError:
     host = settings.host
     verify = _find(error, ssl.SSLCertVerificationError)
     if verify is not None:

@@ -38,7 +38,6 @@ from reconciler.registry._errors import (
     error_for_reply,
 )
 from reconciler.registry._retry import (
-    RETRY_STATUSES,
     RetryableStatus,
     RetryPolicy,
     retry_statuses,
@@ -114,6 +113,11 @@ class RegistryClient:
         self._pinged = False
         self._ping_lock = threading.Lock()
         self._configs: dict[Digest, bytes] = {}
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How this client retries; copies across registries use it too."""
+        return self._retry
 
     @property
     def host(self) -> str:
@@ -309,7 +313,14 @@ class RegistryClient:
                         _reply(response, response.content),
                         f"read blob {digest.short} from {repository}",
                     )
-                yield response.iter_bytes()
+                yield self._explained(response.iter_bytes())
+        except httpx.TransportError as error:
+            raise explain_transport_error(error, self.settings) from error
+
+    def _explained(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Chunks whose transport errors name this registry, not the reader's."""
+        try:
+            yield from chunks
         except httpx.TransportError as error:
             raise explain_transport_error(error, self.settings) from error
 
@@ -463,7 +474,7 @@ class RegistryClient:
             raise tls_port_error(self.settings)
         if reply.status == 401 and "WWW-Authenticate" in reply.headers:
             self._auth.learn(Challenge.parse(reply.headers["WWW-Authenticate"]))
-        elif reply.status in RETRY_STATUSES:
+        elif reply.status in retry_statuses("GET"):
             raise RetryableStatus(reply)
         elif reply.status != 200:
             raise error_for_reply(reply, f"reach the registry API of {self.host}")
