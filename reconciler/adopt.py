@@ -301,7 +301,7 @@ class _Reader:
             return _Read(info.media_type, None, nested=True)
         client = self._registries.client(repository.registry)
         config = client.blob_get(repository, manifest.config.digest)
-        return _Read(info.media_type, _config_platform(config))
+        return _Read(info.media_type, Platform.from_config(config))
 
     def sibling_tags(self, repository: Repository) -> frozenset[str]:
         """The tags of a candidate source repository; none when unreadable."""
@@ -312,18 +312,6 @@ class _Reader:
             # itself was read with the same credentials.
             logger.debug("not a source candidate: %s (%s)", repository, error.message)
             return frozenset()
-
-
-def _config_platform(config: bytes) -> Platform | None:
-    try:
-        document = json.loads(config)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(document, dict):
-        return None
-    if not (document.get("os") and document.get("architecture")):
-        return None
-    return Platform.from_json(document)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ index whose digest differs from the one the plan would build.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -212,16 +211,13 @@ def _expected_digest(image: Image, version: str, live: LiveState) -> Digest | No
 
 
 def _config_platform(repository: Repository, digest: Digest, config: bytes) -> Platform:
-    try:
-        document = json.loads(config)
-    except (ValueError, UnicodeDecodeError):
-        document = None
-    if not isinstance(document, dict) or not document.get("architecture"):
+    platform = Platform.from_config(config)
+    if platform is None:
         raise IntegrityError(
             f"the image config of {repository}@{digest.short} declares no platform",
             hint="rebuild the image; its config lacks os and architecture",
         )
-    return Platform.from_json(document)
+    return platform
 
 
 def _read_pruned_repositories(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,19 @@ class Platform:
         """Read the `os`, `architecture` and `variant` of a config or descriptor."""
         variant = data.get("variant") or None
         return cls(str(data.get("os", "")), str(data.get("architecture", "")), variant)
+
+    @classmethod
+    def from_config(cls, config: bytes) -> Platform | None:
+        """The platform an image config declares; None when it declares none."""
+        try:
+            document = json.loads(config)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(document, dict):
+            return None
+        if not (document.get("os") and document.get("architecture")):
+            return None
+        return cls.from_json(document)
 
     def to_json(self) -> dict[str, str]:
         """The platform object of an index entry."""
