@@ -68,7 +68,9 @@ def validate(context: click.Context, paths: tuple[Path, ...]) -> None:
     """Check the desired-state files; no network."""
     with _errors_exit(context):
         desired = _load(paths)
-        click.echo(f"Valid: {len(desired.images)} images in {_shown(paths)}.")
+        count = len(desired.images)
+        noun = "image" if count == 1 else "images"
+        click.echo(f"Valid: {count} {noun} in {_shown(paths)}.")
 
 
 @main.command()
