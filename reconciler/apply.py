@@ -15,32 +15,47 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reconciler.errors import ApplyError, ReconcilerError
+from reconciler.harbor import ProjectExistsError, explain_registry_error
 from reconciler.oci import Descriptor, Digest, ImageManifest, Reference
-from reconciler.plan import Action, Change, Kind, Plan
+from reconciler.plan import Action, Change, Kind, Plan, ProjectChange
 from reconciler.registries import Registries
-from reconciler.registry import BlobCopy, IntegrityError, RegistryClient, blob_copy
+from reconciler.registry import (
+    BlobCopy,
+    IntegrityError,
+    RegistryClient,
+    RegistryError,
+    blob_copy,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 8
+
+Planned = Change | ProjectChange
+"""Anything a plan makes: a tag, index or alias, or a Harbor project."""
 
 
 @dataclass
 class ApplyReport:
     """What a run did, failed, and left alone; and how blobs travelled."""
 
-    done: list[Change] = field(default_factory=list)
-    failed: list[tuple[Change, ReconcilerError]] = field(default_factory=list)
-    skipped: list[Change] = field(default_factory=list)
+    done: list[Planned] = field(default_factory=list)
+    failed: list[tuple[Planned, ReconcilerError]] = field(default_factory=list)
+    skipped: list[Planned] = field(default_factory=list)
     blobs: Counter[BlobCopy] = field(default_factory=Counter)
     bytes_uploaded: int = 0
 
 
 def check_stale(plan: Plan, registries: Registries, workers: int = 32) -> None:
-    """Raise "plan is stale" when any observed address moved since planning."""
+    """Raise "plan is stale" when any observed address moved since planning.
+
+    An address in a project the plan creates is absent while Harbor still
+    lacks the project; Harbor would refuse even a HEAD there.
+    """
     addresses = sorted(plan.observed)
+    missing = _still_missing(plan.projects, registries)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
-        now = list(pool.map(lambda a: _digest_now(registries, a), addresses))
+        now = list(pool.map(lambda a: _digest_now(registries, a, missing), addresses))
     moved = [
         (address, plan.observed[address], digest)
         for address, digest in zip(addresses, now, strict=True)
@@ -54,11 +69,15 @@ def apply_plan(
     plan: Plan,
     registries: Registries,
     *,
-    on_done: Callable[[Change], None] = lambda change: None,
+    on_done: Callable[[Planned], None] = lambda change: None,
     workers: int = DEFAULT_WORKERS,
 ) -> ApplyReport:
-    """Apply every change in a safe order; never raises for a failed write."""
+    """Apply every change in a safe order; never raises for a failed write.
+
+    Harbor projects come first: nothing can be pushed into a missing project.
+    """
     report = ApplyReport()
+    _create_projects(plan.projects, registries, report, on_done)
     executor = _Executor(registries, report, on_done)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as pool:
         for kind in (Kind.TAG, Kind.INDEX, Kind.ALIAS):
@@ -68,6 +87,26 @@ def apply_plan(
             list(pool.map(executor.run, ready))
         _destroy_all(plan, report, executor, pool)
     return report
+
+
+def _create_projects(
+    projects: Iterable[ProjectChange],
+    registries: Registries,
+    report: ApplyReport,
+    on_done: Callable[[Planned], None],
+) -> None:
+    for project in projects:
+        try:
+            client = registries.harbor.client(project.host)
+            client.project_create(project.name, public=project.public)
+        except ProjectExistsError:
+            # Made since planning, by someone else: what the plan wanted.
+            logger.info("Harbor project %s exists already", project.address)
+        except ReconcilerError as error:
+            report.failed.append((project, error))
+            continue
+        report.done.append(project)
+        on_done(project)
 
 
 def _writes(plan: Plan) -> list[Change]:
@@ -114,7 +153,7 @@ class _Executor:
         self,
         registries: Registries,
         report: ApplyReport,
-        on_done: Callable[[Change], None],
+        on_done: Callable[[Planned], None],
     ) -> None:
         self._registries = registries
         self._report = report
@@ -130,11 +169,27 @@ class _Executor:
         except ReconcilerError as error:
             logger.debug("change %s failed", change.address, exc_info=True)
             with self._lock:
-                self._report.failed.append((change, error))
+                self._report.failed.append((change, self._explained(change, error)))
             return
         with self._lock:
             self._report.done.append(change)
             self._on_done(change)
+
+    def _explained(self, change: Change, error: ReconcilerError) -> ReconcilerError:
+        """The error told in Harbor's terms, on a Harbor host, where it means more:
+        an immutable tag (412), a full quota or a proxy cache (403), a
+        missing project (401), a conflict (409).
+        """
+        if not isinstance(error, RegistryError):
+            return error
+        try:
+            harbor = self._registries.harbor.is_harbor(change.address.registry)
+        except ReconcilerError:
+            return error  # the write's own error says more than this one
+        if not harbor:
+            return error
+        verb = "delete" if change.action is Action.DELETE else "write"
+        return explain_registry_error(error, f"{verb} {change.address}")
 
     def _write_checked(self, change: Change) -> None:
         digest = self._write(change)
@@ -144,7 +199,9 @@ class _Executor:
             )
 
     def _delete(self, change: Change) -> None:
-        """Delete the manifest the tag points at, if it still points there."""
+        """Delete the tag, if it still points where planned: on Harbor the tag
+        alone (its tag API), elsewhere the manifest with every tag on it.
+        """
         client = self._registries.client(change.address.registry)
         now = client.manifest_head(change.address)
         if now is None:
@@ -155,7 +212,17 @@ class _Executor:
                 "not deleting it",
                 hint="run reconciler plan again",
             )
-        client.manifest_delete(change.address.repository, now.digest)
+        if self._registries.harbor.is_harbor(change.address.registry):
+            self._delete_tag(change.address, now.digest)
+        else:
+            client.manifest_delete(change.address.repository, now.digest)
+
+    def _delete_tag(self, ref: Reference, digest: Digest) -> None:
+        # By digest, so that Harbor refuses (404) a tag moved since the HEAD;
+        # the artifact stays, untagged, for Harbor's retention and GC.
+        project, _, name = ref.repository.path.partition("/")
+        harbor = self._registries.harbor.client(ref.registry)
+        harbor.tag_delete(project, name, str(digest), str(ref.tag))
 
     def _write(self, change: Change) -> Digest:
         client = self._registries.client(change.address.registry)
@@ -203,7 +270,9 @@ def _split_ready(
     return ready, blocked
 
 
-def _depends_on(change: Change, other: Change) -> bool:
+def _depends_on(change: Change, other: Planned) -> bool:
+    if isinstance(other, ProjectChange):
+        return other.holds(change.address)
     if change.address.repository != other.address.repository:
         return False
     if change.kind is Kind.INDEX:
@@ -213,10 +282,25 @@ def _depends_on(change: Change, other: Change) -> bool:
     return False
 
 
-def _digest_now(registries: Registries, address: str) -> Digest | None:
+def _digest_now(
+    registries: Registries, address: str, missing: Iterable[ProjectChange]
+) -> Digest | None:
     ref = Reference.parse(address)
+    if any(project.holds(ref) for project in missing):
+        return None  # as at plan time: Harbor would refuse even to look
     info = registries.client(ref.registry).manifest_head(ref)
     return info.digest if info else None
+
+
+def _still_missing(
+    projects: Iterable[ProjectChange], registries: Registries
+) -> list[ProjectChange]:
+    """The projects the plan creates that Harbor still does not have."""
+    return [
+        project
+        for project in projects
+        if not registries.harbor.client(project.host).project_exists(project.name)
+    ]
 
 
 def _stale_message(moved: list[tuple[str, Digest | None, Digest | None]]) -> str:

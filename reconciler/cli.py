@@ -21,20 +21,21 @@ from reconciler.desired import DesiredState, load_desired
 from reconciler.desired.jsonschema import desired_state_schema
 from reconciler.errors import ApplyError, ReconcilerError
 from reconciler.gitlab import PlanReports, publishing
-from reconciler.live import read_live
 from reconciler.plan import (
     Action,
     Change,
     Plan,
+    ProjectChange,
     load_plan,
-    plan_changes,
     render_json,
     render_plan,
     save_plan,
 )
 from reconciler.plan.gitlab import desired_addresses
+from reconciler.planning import make_plan
 from reconciler.registries import Registries, connection_settings
 from reconciler.registry import BlobCopy, ConnectionSettings, docker_config
+from reconciler.shard import choose_shard
 
 logger = logging.getLogger("reconciler")
 
@@ -111,6 +112,12 @@ def schema() -> None:
     help="Post the plan to the merge request (RECONCILER_GITLAB_TOKEN); "
     "a failure to post is a warning.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only the repositories of shard K of N "
+    "(default: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set).",
+)
 @click.pass_context
 def plan(
     context: click.Context,
@@ -122,15 +129,16 @@ def plan(
     markdown: Path | None,
     junit: Path | None,
     post_mr_note: bool,
+    shard: str | None,
 ) -> None:
     """Show what apply would change."""
     reports = PlanReports(gitlab_report, markdown, junit, post_mr_note)
     with _errors_exit(context), publishing(reports, _echo_stderr):
-        desired = _load(paths)
+        desired = _sharded(_load(paths), shard)
         reports.addresses = desired_addresses(desired)
         settings = connection_settings(desired)
         with Registries(settings) as registries:
-            made = plan_changes(desired, read_live(desired, registries))
+            made = make_plan(desired, registries)
         reports.plan = made
         if out is not None:
             save_plan(made, out, _saved_settings(settings))
@@ -150,21 +158,34 @@ def plan(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Apply a plan saved with plan --out, refusing it if stale.",
 )
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only the repositories of shard K of N "
+    "(default: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL when set).",
+)
 @click.pass_context
 def apply(
     context: click.Context,
     paths: tuple[Path, ...],
     auto_approve: bool,
     plan_file: Path | None,
+    shard: str | None,
 ) -> None:
     """Plan, ask for approval, and make the changes."""
     with _errors_exit(context):
         if plan_file is not None:
             if paths:
                 raise ReconcilerError("give either PATHS or --plan, not both")
+            if shard is not None:
+                raise ReconcilerError(
+                    "give either --shard or --plan, not both",
+                    hint="a saved plan holds only the changes of the shard "
+                    "it was made for",
+                )
             _apply_saved(plan_file)
         else:
-            _apply_fresh(paths, auto_approve)
+            _apply_fresh(paths, auto_approve, shard)
 
 
 def _apply_saved(plan_file: Path) -> None:
@@ -178,10 +199,12 @@ def _apply_saved(plan_file: Path) -> None:
         _execute(made, registries)
 
 
-def _apply_fresh(paths: tuple[Path, ...], auto_approve: bool) -> None:
-    desired = _load(paths)
+def _apply_fresh(
+    paths: tuple[Path, ...], auto_approve: bool, shard: str | None
+) -> None:
+    desired = _sharded(_load(paths), shard)
     with Registries(connection_settings(desired)) as registries:
-        made = plan_changes(desired, read_live(desired, registries))
+        made = make_plan(desired, registries)
         click.echo(render_plan(made, _style()), nl=False)
         if made.summary.empty:
             return
@@ -213,7 +236,7 @@ def _ask(question: str) -> None:
 
 
 def _execute(made: Plan, registries: Registries) -> None:
-    total = len(made.changes)
+    total = len(made.projects) + len(made.changes)
     counter = iter(range(1, total + 1))
     report = apply_plan(
         made, registries, on_done=lambda c: _report(c, next(counter), total)
@@ -234,7 +257,7 @@ def _execute(made: Plan, registries: Registries) -> None:
         )
 
 
-def _report(change: Change, number: int, total: int) -> None:
+def _report(change: Change | ProjectChange, number: int, total: int) -> None:
     verbs = {
         Action.CREATE: "created",
         Action.UPDATE: "updated",
@@ -288,6 +311,18 @@ def _load(paths: Sequence[Path]) -> DesiredState:
     return load_desired(
         [*paths] or [Path(p) for p in DEFAULT_PATHS], known_hosts=config.has_host
     )
+
+
+def _sharded(desired: DesiredState, option: str | None) -> DesiredState:
+    """The images of the shard `--shard` or GitLab's variables name; else all."""
+    shard = choose_shard(option)
+    if shard is None:
+        return desired
+    kept = shard.select(desired)
+    logger.info(
+        "shard %s: %d of %d images", shard, len(kept.images), len(desired.images)
+    )
+    return kept
 
 
 def _shown(paths: Sequence[Path]) -> str:

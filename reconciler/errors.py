@@ -34,7 +34,16 @@ class ReconcilerError(Exception):
 
 
 class PlanError(ReconcilerError):
-    """The live registry cannot be brought to the desired state as written."""
+    """The live registry cannot be brought to the desired state as written.
+
+    `problems` lists each reason on its own, where there are several.
+    """
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, problems: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.problems = problems or (message,)
 
 
 class ApplyError(ReconcilerError):

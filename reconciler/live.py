@@ -1,9 +1,13 @@
 """Read the live state the planner needs, concurrently.
 
 Every address is read with one HEAD. GET is used only for what HEAD cannot
-tell: the config platform of a source image (cached by digest, as it never
-changes), the children of a source index, and the children of a version
-index whose digest differs from the one the plan would build.
+tell: the config platform of a source image and the children of a source
+index (both cached on disk by digest, as they never change; see
+`reconciler.cache`), and the children of a version index whose digest
+differs from the one the plan would build.
+
+Tokens for every repository read are asked for up front, many repositories
+per token request, before the HEADs start.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from reconciler.cache import FactCache
 from reconciler.desired import DesiredState, Image
 from reconciler.oci import (
     INDEX_MEDIA_TYPES,
@@ -41,7 +46,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-DEFAULT_WORKERS = 32
+# Measured (bench/): reads are bound by the client's CPU under the GIL, so
+# more threads add contention, not overlap. 8 beat 4, 16 and 32 on 2 cores.
+DEFAULT_WORKERS = 8
 
 
 @dataclass
@@ -65,13 +72,23 @@ class _Facts:
 
 
 def read_live(
-    desired: DesiredState, registries: Registries, *, workers: int = DEFAULT_WORKERS
+    desired: DesiredState,
+    registries: Registries,
+    *,
+    workers: int = DEFAULT_WORKERS,
+    cache: FactCache | None = None,
 ) -> LiveState:
-    """Read every address `desired` touches, and what the plan needs about it."""
+    """Read every address `desired` touches, and what the plan needs about it.
+
+    `cache` defaults to the one the environment names (`FactCache`).
+    """
+    cache = FactCache.from_environment() if cache is None else cache
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
-        reader = _Reader(registries, pool)
+        reader = _Reader(registries, pool, cache)
         facts = _Facts()
-        facts.tags = reader.head_all(_addresses(desired))
+        addresses = _addresses(desired)
+        reader.prefetch_tokens(addresses)
+        facts.tags = reader.head_all(addresses)
         _read_sources(desired, reader, facts)
         _read_drifted_indexes(desired, reader, facts)
         _read_pruned_repositories(desired, reader, facts)
@@ -82,12 +99,25 @@ def read_live(
 class _Reader:
     """Reads through the registries, many at once."""
 
-    def __init__(self, registries: Registries, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, registries: Registries, pool: ThreadPoolExecutor, cache: FactCache
+    ) -> None:
         self._registries = registries
         self._pool = pool
+        self.cache = cache
 
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         return list(self._pool.map(function, items))
+
+    def prefetch_tokens(self, refs: Iterable[Reference]) -> None:
+        """Ask each registry for pull tokens on every repository of `refs`."""
+        by_host: dict[str, set[Repository]] = {}
+        for ref in refs:
+            by_host.setdefault(ref.registry, set()).add(ref.repository)
+        for host, repositories in sorted(by_host.items()):
+            self._registries.client(host).prefetch_tokens(
+                sorted(repositories), each=self.map
+            )
 
     def head_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
         unique = sorted(set(refs))
@@ -155,17 +185,46 @@ def _read_sources(desired: DesiredState, reader: _Reader, facts: _Facts) -> None
         for ref, _, found in present
         if found.media_type in INDEX_MEDIA_TYPES
     }
-    _read_children(reader, facts, index_sources)
+    recalled = _recall_children(reader.cache, facts, index_sources)
+    _read_children(reader, facts, index_sources - recalled)
     images = {
         (ref.repository, d)
         for ref, p, found in present
         for d in _image_digest(found, p, facts)
     }
-    todo = sorted((r, d) for r, d in images if d not in facts.platforms)
+    todo = sorted(_unknown_platforms(reader.cache, facts, images))
     for (_, digest), platform in zip(
         todo, reader.map(lambda rd: reader.platform(*rd), todo), strict=True
     ):
         facts.platforms[digest] = platform
+        reader.cache.put_platform(digest, platform)
+
+
+def _recall_children(
+    cache: FactCache, facts: _Facts, indexes: set[tuple[Repository, Digest]]
+) -> set[tuple[Repository, Digest]]:
+    """Fill in the children of `indexes` that the cache knows; return those."""
+    recalled = set()
+    for repository, digest in indexes:
+        children = facts.indexes.get(digest) or cache.children(digest)
+        if children is not None:
+            facts.indexes[digest] = children
+            recalled.add((repository, digest))
+    return recalled
+
+
+def _unknown_platforms(
+    cache: FactCache, facts: _Facts, images: set[tuple[Repository, Digest]]
+) -> set[tuple[Repository, Digest]]:
+    """The images whose platform neither the run nor the cache knows."""
+    unknown = set()
+    for repository, digest in images:
+        platform = facts.platforms.get(digest) or cache.platform(digest)
+        if platform is None:
+            unknown.add((repository, digest))
+        else:
+            facts.platforms[digest] = platform
+    return unknown
 
 
 def _image_digest(found: Descriptor, platform: Platform, facts: _Facts) -> list[Digest]:
@@ -178,11 +237,14 @@ def _image_digest(found: Descriptor, platform: Platform, facts: _Facts) -> list[
 def _read_children(
     reader: _Reader, facts: _Facts, indexes: set[tuple[Repository, Digest]]
 ) -> None:
-    todo = sorted((r, d) for r, d in indexes if d not in facts.indexes)
+    # Children recalled from the cache come without the document, which the
+    # plan shows differences from; those are read here.
+    todo = sorted((r, d) for r, d in indexes if d not in facts.documents)
     results = reader.map(lambda rd: reader.index(*rd), todo)
     for (_, digest), index in zip(todo, results, strict=True):
         facts.indexes[digest] = index.images
         facts.documents[digest] = index.raw
+        reader.cache.put_children(digest, index.images)
 
 
 def _read_drifted_indexes(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import httpx
 
 from reconciler.desired import DesiredState
+from reconciler.harbor.sites import HarborSites
 from reconciler.registry import (
     ConnectionSettings,
     RegistryClient,
@@ -27,6 +28,7 @@ def connection_settings(desired: DesiredState) -> dict[str, ConnectionSettings]:
             insecure=entry.insecure,
             username_env=credentials.username_env if credentials else None,
             password_env=credentials.password_env if credentials else None,
+            kind=entry.kind,
         )
     return settings
 
@@ -46,6 +48,8 @@ class Registries:
         self._retry = retry
         self._clients: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
+        self.harbor = HarborSites(self.settings, transport=transport, retry=retry)
+        """Which hosts run Harbor, and their REST clients."""
 
     def client(self, host: str) -> RegistryClient:
         """The client for `host`, with credentials resolved on first use."""
@@ -60,6 +64,7 @@ class Registries:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+        self.harbor.close()
 
     def __enter__(self) -> Registries:
         return self

@@ -13,6 +13,7 @@ from reconciler.desired.models import (
     DesiredState,
     Image,
     IndexMediaType,
+    ProjectSettings,
     RegistryKind,
     RegistrySettings,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Image",
     "IndexMediaType",
     "Problem",
+    "ProjectSettings",
     "RegistryKind",
     "RegistrySettings",
     "load_desired",

@@ -9,6 +9,7 @@ from typing import Any
 from reconciler.desired._explain import describe_kind, validate
 from reconciler.desired._images import DeclaredImage, resolve_defaults, resolve_image
 from reconciler.desired._problems import FileReport
+from reconciler.desired._projects import DeclaredProject, resolve_project
 from reconciler.desired._registries import DeclaredRegistry, resolve_registry
 from reconciler.desired._schema import SUPPORTED_VERSIONS, DocumentEntry
 from reconciler.desired._spots import shorten
@@ -21,6 +22,7 @@ class Declarations:
 
     registries: tuple[DeclaredRegistry, ...] = ()
     images: tuple[DeclaredImage, ...] = ()
+    projects: tuple[DeclaredProject, ...] = ()
 
 
 def declarations_of(
@@ -41,6 +43,7 @@ def declarations_of(
     return Declarations(
         registries=_registries(data, directory, report),
         images=_images(data, report),
+        projects=_projects(data, report),
     )
 
 
@@ -74,6 +77,14 @@ def _registries(
         for host, entry in entries.items()
     )
     return tuple(registry for registry in declared if registry is not None)
+
+
+def _projects(data: dict[str, Any], report: FileReport) -> tuple[DeclaredProject, ...]:
+    entries = _section(data, "projects", dict)
+    declared = (
+        resolve_project(address, entry, report) for address, entry in entries.items()
+    )
+    return tuple(project for project in declared if project is not None)
 
 
 def _images(data: dict[str, Any], report: FileReport) -> tuple[DeclaredImage, ...]:

@@ -13,8 +13,9 @@ from dataclasses import fields
 from reconciler.desired._document import Declarations
 from reconciler.desired._images import DeclaredImage, HostUse
 from reconciler.desired._problems import Problem
+from reconciler.desired._projects import DeclaredProject
 from reconciler.desired._registries import DeclaredRegistry
-from reconciler.desired.models import DesiredState, RegistrySettings
+from reconciler.desired.models import DesiredState, ProjectSettings, RegistrySettings
 
 KnownHosts = Callable[[str], bool]
 
@@ -32,10 +33,17 @@ def merge(
     _check_addresses(images, problems)
     if known_hosts is not None:
         _check_hosts(images, registries.keys(), known_hosts, problems)
+    projects = _merge_projects(
+        [project for file in files for project in file.projects], registries, problems
+    )
     ordered = sorted(
         images, key=lambda d: (d.image.repository, d.image.file, d.spot.line)
     )
-    return DesiredState(registries=registries, images=tuple(d.image for d in ordered))
+    return DesiredState(
+        registries=registries,
+        images=tuple(d.image for d in ordered),
+        projects=projects,
+    )
 
 
 def _merge_registries(
@@ -66,6 +74,43 @@ def _registry_conflict(first: DeclaredRegistry, again: DeclaredRegistry) -> Prob
         message,
         hint,
     )
+
+
+def _merge_projects(
+    declared: Sequence[DeclaredProject],
+    registries: dict[str, RegistrySettings],
+    problems: list[Problem],
+) -> dict[str, ProjectSettings]:
+    """Projects by address; one declared two ways is a problem naming both files."""
+    first: dict[str, DeclaredProject] = {}
+    for project in declared:
+        address = project.settings.address
+        seen = first.setdefault(address, project)
+        if seen.settings != project.settings:
+            problems.append(_project_conflict(seen, project))
+        registry = registries.get(project.settings.host)
+        if registry is not None and registry.kind == "registry":
+            problems.append(_project_on_plain_registry(project))
+    return {address: project.settings for address, project in first.items()}
+
+
+def _project_conflict(first: DeclaredProject, again: DeclaredProject) -> Problem:
+    def shown(project: DeclaredProject) -> str:
+        return "public" if project.settings.public else "private"
+
+    message = (
+        f"project {again.settings.address} is declared {shown(again)} here and "
+        f"{shown(first)} in {first.file}:{first.spot.line}"
+    )
+    hint = "declare each project in one file, or the same way in every file"
+    return Problem.at(again.file, again.spot, again.path, message, hint)
+
+
+def _project_on_plain_registry(project: DeclaredProject) -> Problem:
+    host = project.settings.host
+    message = f"projects are Harbor's, but registry {host} is declared kind: registry"
+    hint = f"remove the project, or set kind: harbor (or auto) for {host}"
+    return Problem.at(project.file, project.spot, project.path, message, hint)
 
 
 def _check_addresses(images: Sequence[DeclaredImage], problems: list[Problem]) -> None:

@@ -70,10 +70,18 @@ class ImageEntry(_Entry):
     prune: bool = False
 
 
+class ProjectEntry(_Entry):
+    """A Harbor project that apply creates when it is missing."""
+
+    public: bool = False
+    """Whether anyone may pull without signing in; Harbor's default is private."""
+
+
 class DocumentEntry(_Entry):
     """The top level; its sections are checked entry by entry afterwards."""
 
     version: Any = None
     registries: dict[str, Any] | None = None
+    projects: dict[str, Any] | None = None
     defaults: dict[str, Any] | None = None
     images: list[Any] | None = None

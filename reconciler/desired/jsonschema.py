@@ -27,6 +27,7 @@ from reconciler.desired._schema import (
     CredentialsEntry,
     DefaultsEntry,
     ImageEntry,
+    ProjectEntry,
     RegistryEntry,
     _Entry,
 )
@@ -47,6 +48,8 @@ _TEMPLATE = f"placeholders: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
 _MORE_DOCS = {
     ("_File", "version"): "Format version of the file; 1 is the only one.",
     ("_File", "registries"): "How to reach each registry host, by host name.",
+    ("_File", "projects"): "Harbor projects to create when missing, by "
+    "host/project; apply creates them before writing images into them.",
     ("_File", "defaults"): "Values for the images of this file.",
     ("_File", "images"): "The multi-platform images to keep in the registry.",
     ("RegistryEntry", "credentials"): "Names of the environment variables "
@@ -73,6 +76,7 @@ class _File(_Entry):
     # settings are what the loader accepts too.
     version: Literal[1]
     registries: dict[str, RegistryEntry | None] | None = None
+    projects: dict[str, ProjectEntry | None] | None = None
     defaults: DefaultsEntry | None = None
     images: list[ImageEntry] | None = None
 
@@ -82,7 +86,8 @@ def desired_state_schema() -> dict[str, Any]:
     schema = _File.model_json_schema(ref_template="#/$defs/{model}")
     definitions = schema.setdefault("$defs", {})
     _describe(schema, _File)
-    for model in (CredentialsEntry, RegistryEntry, DefaultsEntry, ImageEntry):
+    models = (CredentialsEntry, RegistryEntry, ProjectEntry, DefaultsEntry, ImageEntry)
+    for model in models:
         _describe(definitions[model.__name__], model)
     _refine_platforms(definitions["DefaultsEntry"]["properties"]["platforms"])
     _refine_image(definitions["ImageEntry"]["properties"])

@@ -41,6 +41,23 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectSettings:
+    """A Harbor project the desired state wants to exist; apply creates it.
+
+    Only whether it is public is set, and only when it is created.
+    """
+
+    host: str
+    name: str
+    public: bool = False
+
+    @property
+    def address(self) -> str:
+        """`host/name`, as `projects:` keys it."""
+        return f"{self.host}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Image:
     """One repository's desired versions, platform tags and aliases."""
 
@@ -116,7 +133,11 @@ class DesiredState:
     """Connection settings by registry host."""
     images: tuple[Image, ...] = ()
     """Sorted by repository."""
+    projects: Mapping[str, ProjectSettings] = field(default_factory=dict, hash=False)
+    """Harbor projects to create when missing, by `host/name`."""
 
     def __post_init__(self) -> None:
         registries = dict(sorted(self.registries.items()))
         object.__setattr__(self, "registries", MappingProxyType(registries))
+        projects = dict(sorted(self.projects.items()))
+        object.__setattr__(self, "projects", MappingProxyType(projects))

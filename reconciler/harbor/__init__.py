@@ -4,6 +4,9 @@ Whether a project exists or is a proxy cache, which tags are immutable, what
 the account may do, and the artifacts of a repository with their tags and
 children in a few requests. `explain_harbor_refusal` turns Harbor's refusals
 on either API into errors that say what Harbor refused and what to change.
+
+`harbor.sites` tells which hosts run Harbor; `harbor.live` reads the live
+state through the artifact API. They are imported by name, not from here.
 """
 
 from reconciler.harbor._paths import repository_segment, split_repository

@@ -105,6 +105,16 @@ class HarborClient:
     def host(self) -> str:
         return self.settings.host
 
+    @property
+    def account(self) -> str:
+        """Who the client signs in as, for messages: a user, a robot, or anonymous."""
+        return self._who
+
+    @property
+    def signed_in(self) -> bool:
+        """Whether the client sends credentials."""
+        return self._who != "anonymous"
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()

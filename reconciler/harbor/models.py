@@ -7,6 +7,7 @@ may leave out (go-swagger drops empty values) get their empty value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,6 +176,10 @@ class Selector:
         verb = "not matching" if self.excludes else "matching"
         return f"{verb} {self.pattern!r}"
 
+    def selects(self, value: str) -> bool:
+        """Whether the selector keeps `value`: a match, or for `excludes` none."""
+        return (doublestar(self.pattern).fullmatch(value) is not None) != self.excludes
+
     @classmethod
     def from_json(cls, document: Any) -> Selector:
         data = _object(document, "selector")
@@ -195,6 +200,15 @@ class ImmutableRule:
     disabled: bool
     tag_selectors: tuple[Selector, ...]
     repository_selectors: tuple[Selector, ...]
+
+    def protects(self, repository: str, tag: str) -> bool:
+        """Whether the rule, enabled, protects `tag` in `repository` (the name
+        inside the project, as Harbor's repository selectors match it).
+        """
+        if self.disabled:
+            return False
+        tags = all(s.selects(tag) for s in self.tag_selectors)
+        return tags and all(s.selects(repository) for s in self.repository_selectors)
 
     def describe(self) -> str:
         """The rule's effect for people, e.g. "tags matching 'v*' in
@@ -222,6 +236,43 @@ class ImmutableRule:
                 Selector.from_json(s) for s in repositories or ()
             ),
         )
+
+
+def doublestar(pattern: str) -> re.Pattern[str]:
+    """A doublestar glob as Harbor's rules read it (github.com/bmatcuk/
+    doublestar): `**` any path, `*` and `?` within one path segment,
+    `[...]` a class, `{a,b}` alternatives.
+    """
+    out: list[str] = []
+    depth = last = 0
+    for match in _GLOB_TOKEN.finditer(pattern):
+        out.append(re.escape(pattern[last : match.start()]))
+        piece = match.group()
+        if piece in "{}" and (piece == "{" or depth):
+            depth += 1 if piece == "{" else -1
+            out.append("(?:" if piece == "{" else ")")
+        else:
+            out.append(_glob_part(piece, depth))
+        last = match.end()
+    out.append(re.escape(pattern[last:]))
+    try:
+        return re.compile("".join(out))
+    except re.error:  # an unclosed `{` or a bad class: Harbor matches nothing
+        return re.compile(r"(?!)")
+
+
+_GLOB_TOKEN = re.compile(r"\*\*|\*|\?|\[!?[^\]]+\]|[{},]")
+_GLOB_PARTS = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+
+
+def _glob_part(piece: str, depth: int) -> str:
+    """One piece of a glob as a regex; `,` and `}` are literal outside braces."""
+    if piece.startswith("["):
+        body = piece[1:-1].replace("\\", "\\\\")
+        return f"[^{body[1:]}]" if body.startswith("!") else f"[{body}]"
+    if piece == ",":
+        return "|" if depth else ","
+    return _GLOB_PARTS.get(piece) or re.escape(piece)
 
 
 def _object(document: Any, what: str) -> dict[str, Any]:

@@ -16,10 +16,12 @@ from typing import Any
 
 from reconciler.errors import ApplyError
 from reconciler.oci import Digest, Platform, Reference
-from reconciler.plan.model import Action, Change, Child, Kind, Plan
+from reconciler.plan.model import Action, Change, Child, Kind, Plan, ProjectChange
 
 FORMAT_VERSION = "1"
 SAVED_KIND = "reconciler-plan"
+PROJECT_KIND = "project"
+"""The `kind` of a Harbor project creation in `changes[]`; it comes first."""
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
@@ -27,7 +29,10 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     summary = plan.summary
     return {
         "format_version": FORMAT_VERSION,
-        "changes": [_change_json(change) for change in plan.changes],
+        "changes": [
+            *(_project_json(project) for project in plan.projects),
+            *(_change_json(change) for change in plan.changes),
+        ],
         "summary": {
             "add": summary.add,
             "change": summary.change,
@@ -48,7 +53,8 @@ def save_plan(plan: Plan, path: Path, registries: Mapping[str, dict[str, Any]]) 
     document["kind"] = SAVED_KIND
     document["observed"] = dict(plan.observed)
     document["registries"] = dict(registries)
-    for saved, change in zip(document["changes"], plan.changes, strict=True):
+    saved_changes = document["changes"][len(plan.projects) :]
+    for saved, change in zip(saved_changes, plan.changes, strict=True):
         if change.content is not None:
             saved["content"] = base64.b64encode(change.content).decode()
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -71,6 +77,17 @@ def load_plan(path: Path) -> tuple[Plan, dict[str, dict[str, Any]]]:
         return _plan_from(document), dict(document.get("registries") or {})
     except (KeyError, TypeError, ValueError) as error:
         raise ApplyError(f"plan file {path} is damaged: {error!r}") from None
+
+
+def _project_json(project: ProjectChange) -> dict[str, Any]:
+    return {
+        "action": project.action.value,
+        "kind": PROJECT_KIND,
+        "address": project.address,
+        "before": None,
+        "after": None,
+        "public": project.public,
+    }
 
 
 def _change_json(change: Change) -> dict[str, Any]:
@@ -108,12 +125,22 @@ def _child_json(child: Child) -> dict[str, Any]:
 
 
 def _plan_from(document: dict[str, Any]) -> Plan:
-    changes = tuple(_change_from(item) for item in document["changes"])
+    items = document["changes"]
+    projects = tuple(_project_from(i) for i in items if i["kind"] == PROJECT_KIND)
+    changes = tuple(_change_from(i) for i in items if i["kind"] != PROJECT_KIND)
     observed = {
         str(address): Digest(digest) if digest else None
         for address, digest in document["observed"].items()
     }
-    return Plan(changes, observed, tuple(document.get("warnings") or ()))
+    warnings = tuple(document.get("warnings") or ())
+    return Plan(changes, observed, warnings, projects)
+
+
+def _project_from(item: dict[str, Any]) -> ProjectChange:
+    host, _, name = str(item["address"]).partition("/")
+    if not host or not name or "/" in name:
+        raise ValueError(f"bad project address {item['address']!r}")
+    return ProjectChange(host, name, bool(item["public"]), Action(item["action"]))
 
 
 def _change_from(item: dict[str, Any]) -> Change:

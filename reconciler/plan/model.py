@@ -88,6 +88,45 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class ProjectChange:
+    """A Harbor project to create before any image is written into it.
+
+    Kept apart from `Change`, whose address is always a tag: a project holds
+    no manifest, and apply creates it before every write. Only `public` is
+    set; everything else is Harbor's default.
+    """
+
+    host: str
+    name: str
+    public: bool = False
+    action: Action = Action.CREATE
+
+    @property
+    def address(self) -> str:
+        """`host/name`, as the plan shows it."""
+        return f"{self.host}/{self.name}"
+
+    @property
+    def publicity(self) -> str:
+        return "public" if self.public else "private"
+
+    @property
+    def before(self) -> Digest | None:
+        """None: a project has no digest; shared with `Change` for reports."""
+        return None
+
+    @property
+    def after(self) -> Digest | None:
+        """None: a project has no digest; shared with `Change` for reports."""
+        return None
+
+    def holds(self, ref: Reference) -> bool:
+        """Whether `ref` is in this project."""
+        repository = ref.repository
+        return repository.registry == self.host and repository.project == self.name
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     """Counts in Terraform's words."""
 
@@ -107,10 +146,13 @@ class Plan:
     changes: tuple[Change, ...]
     observed: Mapping[str, Digest | None]
     warnings: tuple[str, ...] = ()
+    projects: tuple[ProjectChange, ...] = ()
+    """Harbor projects to create first; each counts as one to add."""
 
     @property
     def summary(self) -> Summary:
-        actions = [change.action for change in self.changes]
+        actions = [project.action for project in self.projects]
+        actions += [change.action for change in self.changes]
         return Summary(
             add=actions.count(Action.CREATE),
             change=actions.count(Action.UPDATE),

@@ -6,6 +6,7 @@ media type and size, never by comparing structures.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from reconciler.desired import DesiredState, Image
@@ -61,7 +62,7 @@ def plan_changes(desired: DesiredState, live: LiveState) -> Plan:
             changes += pruning.changes
             warnings += pruning.warnings
     if problems:
-        raise PlanError(_problem_text(problems))
+        raise PlanError(problem_text(problems), problems=tuple(problems))
     ordered = tuple(sorted(changes, key=lambda change: change.sort_key))
     return Plan(ordered, live.observed(), tuple(warnings))
 
@@ -260,7 +261,8 @@ def _live_size(ref: Reference, live: LiveState) -> int:
     return found.size if found else 0
 
 
-def _problem_text(problems: list[str]) -> str:
+def problem_text(problems: Sequence[str]) -> str:
+    """The message of a `PlanError` listing `problems`."""
     count = len(problems)
     lines = "\n".join(f"  - {problem}" for problem in problems)
     noun = "problem" if count == 1 else "problems"

@@ -16,7 +16,8 @@ never had an index here) is outside the namespace and never touched.
 Registries delete manifests, not tags (Distribution 2.8 has no tag delete),
 and deleting a manifest removes every tag on it. So a tag is destroyed only
 when its manifest carries no tag that stays and is no child of an index that
-stays; otherwise the plan warns and skips it.
+stays; otherwise the plan warns and skips it. Harbor deletes single tags
+(`LiveState.tag_deletion`), so there every unwanted tag is destroyed.
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def plan_prunes(
     doomed = _namespace_leftovers(image, live, listed, wanted)
     staying = {tag: digest for tag, digest in after.items() if tag not in doomed}
     changes, warnings = [], []
+    # Where a tag is deleted on its own, its manifest and the rest stay.
+    alone = image.repository.registry in live.tag_deletion
     for tag, kind in sorted(doomed.items()):
-        reason = _unsafe(after[tag], staying, live)
+        reason = None if alone else _unsafe(after[tag], staying, live)
         if reason:
             warnings.append(
                 f"{image.repository}:{tag} is no longer desired but is kept: {reason}"

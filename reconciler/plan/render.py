@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from reconciler.oci import Digest, describe_media_type
-from reconciler.plan.model import Action, Change, Child, Kind, Plan, Summary
+from reconciler.plan.model import (
+    Action,
+    Change,
+    Child,
+    Kind,
+    Plan,
+    ProjectChange,
+    Summary,
+)
 
 Style = Callable[[str, str], str]  # (text, colour name) -> text
 
@@ -28,7 +36,8 @@ def render_plan(plan: Plan, style: Style = plain) -> str:
         return _warnings(plan) + "No changes. The registry matches the desired state.\n"
     keep = [c for c in plan.changes if c.action is not Action.DELETE]
     destroy = [c for c in plan.changes if c.action is Action.DELETE]
-    blocks = [render_change(change, style) for change in keep]
+    blocks = [render_project(project, style) for project in plan.projects]
+    blocks += [render_change(change, style) for change in keep]
     if destroy:
         blocks.append(
             style("  Destroys, listed last so they are not missed:", "red") + "\n"
@@ -55,6 +64,16 @@ def render_change(change: Change, style: Style = plain) -> str:
         f"  {symbol} {change.kind.value} {change.address}",
         *_details(change),
         *(_child_line(child, style) for child in change.children),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_project(project: ProjectChange, style: Style = plain) -> str:
+    """One block for a Harbor project that apply creates before any write."""
+    symbol = style(project.action.symbol, _COLOURS[project.action])
+    lines = [
+        f"  # {project.address} {_VERBS[project.action]}",
+        f"  {symbol} project {project.address} ({project.publicity})",
     ]
     return "\n".join(lines) + "\n"
 

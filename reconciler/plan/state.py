@@ -26,6 +26,10 @@ class LiveState:
     indexes: Mapping[Digest, tuple[Descriptor, ...]]
     repository_tags: Mapping[Repository, tuple[str, ...]] = field(default_factory=dict)
     documents: Mapping[Digest, bytes] = field(default_factory=dict)
+    tag_deletion: frozenset[str] = frozenset()
+    """Hosts that delete one tag and keep its manifest (Harbor's tag API),
+    where pruning never has to delete a manifest other tags still carry.
+    """
 
     def observed(self) -> dict[str, Digest | None]:
         """Each address read and its digest, as saved with a plan."""

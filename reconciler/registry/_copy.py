@@ -32,8 +32,24 @@ def blob_copy(
     On one registry the blob is mounted. The registry may answer a mount with
     202 and an upload session instead (it will not or cannot mount); across
     registries there is nothing to mount from. Then the blob is streamed from
-    source to target without being held in memory.
+    source to target without being held in memory. A blob already brought
+    into the target repository in this run is not copied again.
     """
+    done = target.blob_once(
+        target_repository,
+        blob.digest,
+        lambda: _copy(blob, source, source_repository, target, target_repository),
+    )
+    return BlobCopy.PRESENT if done is None else done
+
+
+def _copy(
+    blob: Descriptor,
+    source: RegistryClient,
+    source_repository: Repository,
+    target: RegistryClient,
+    target_repository: Repository,
+) -> BlobCopy:
     location: str | None = None
     if source is target:
         location = target.blob_mount(target_repository, blob.digest, source_repository)

@@ -20,6 +20,8 @@ class ConnectionSettings:
     username_env: str | None = None
     password_env: str | None = None
     certs_dir: Path = DOCKER_CERTS_DIR
+    kind: str = "auto"
+    """`harbor`, `registry`, or `auto`: ask the host whether it runs Harbor."""
 
     @property
     def base_url(self) -> str:

@@ -12,9 +12,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote, urljoin
 
 import httpx
@@ -28,7 +29,7 @@ from reconciler.oci import (
     Repository,
     parse_manifest,
 )
-from reconciler.registry._auth import Authenticator, Challenge, Scopes
+from reconciler.registry._auth import Authenticator, Challenge, Scopes, batch_scopes
 from reconciler.registry._cookies import NoCookies
 from reconciler.registry._credentials import Credentials
 from reconciler.registry._errors import (
@@ -52,9 +53,17 @@ from reconciler.registry._transport_errors import (
 logger = logging.getLogger(__name__)
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_KEEP_MANIFEST_BYTES = 64 * 1024
 _PULL = frozenset({"pull"})
 _PUSH = frozenset({"pull", "push"})
 _TAG_PAGE = 1000
+
+T = TypeVar("T")
+
+
+def _each(function: Callable[[Scopes], None], batches: list[Scopes]) -> None:
+    for batch in batches:
+        function(batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,10 @@ class RegistryClient:
         self._pinged = False
         self._ping_lock = threading.Lock()
         self._configs: dict[Digest, bytes] = {}
+        self._manifests: dict[Reference, FetchedManifest] = {}
+        self._landed: set[tuple[Repository, Digest]] = set()
+        self._landing: dict[tuple[Repository, Digest], threading.Lock] = {}
+        self._landing_lock = threading.Lock()
 
     @property
     def retry(self) -> RetryPolicy:
@@ -155,7 +168,20 @@ class RegistryClient:
         )
 
     def manifest_get(self, ref: Reference) -> FetchedManifest:
-        """Read a manifest's bytes, capped at 4 MiB and checked against its digest."""
+        """Read a manifest's bytes, capped at 4 MiB and checked against its digest.
+
+        A manifest read by digest is kept for the run (small ones): content
+        by digest never changes, and apply copies what the plan just read.
+        """
+        kept = self._manifests.get(ref)
+        if kept is not None:
+            return kept
+        fetched = self._manifest_fetch(ref)
+        if ref.digest is not None and fetched.info.size <= _KEEP_MANIFEST_BYTES:
+            self._manifests[ref] = fetched
+        return fetched
+
+    def _manifest_fetch(self, ref: Reference) -> FetchedManifest:
         reply = self._request(
             "GET",
             self._manifest_url(ref),
@@ -259,6 +285,28 @@ class RegistryClient:
             return None
         return self._upload_location(repository, reply)
 
+    def blob_once(
+        self, repository: Repository, digest: Digest, land: Callable[[], T]
+    ) -> T | None:
+        """Run `land` to bring a blob into `repository`, once per client.
+
+        Returns its result, or None when the blob already landed in this
+        run. Concurrent callers for one blob wait for the first; if it
+        fails, the next one tries. Distribution's filesystem storage
+        rewrites a blob's link file in place when it is mounted again, and
+        a manifest PUT reading the link meanwhile fails with "blob unknown";
+        mounting each blob once per repository avoids that, and requests.
+        """
+        key = (repository, digest)
+        with self._landing_lock:
+            landing = self._landing.setdefault(key, threading.Lock())
+        with landing:
+            if key in self._landed:
+                return None
+            result = land()
+            self._landed.add(key)
+        return result
+
     def blob_upload_start(self, repository: Repository) -> str:
         """Open an upload session and return its URL."""
         reply = self._request(
@@ -344,6 +392,40 @@ class RegistryClient:
             tags.extend(_tags_in(repository, reply))
             url = _next_link(self.settings.base_url, reply)
         return tags
+
+    # -- tokens --------------------------------------------------------------
+
+    def prefetch_tokens(
+        self,
+        repositories: Iterable[Repository],
+        *,
+        each: Callable[[Callable[[Scopes], None], list[Scopes]], object] = _each,
+    ) -> int:
+        """Ask ahead for pull tokens on `repositories`, many per token request.
+
+        Without it, each repository costs one token request when first read.
+        `each(function, batches)` runs the requests, e.g. on a thread pool.
+        Returns how many token requests were needed; 0 when the registry
+        does not use Bearer tokens.
+        """
+        wanted = {repository.path: _PULL for repository in repositories}
+
+        def prefetch() -> int:
+            self._ensure_pinged()
+            if not self._auth.challenge or self._auth.challenge.scheme != "bearer":
+                return 0
+            batches: list[Scopes] = list(batch_scopes(self._auth.uncovered(wanted)))
+            each(self._auth.prefetch, batches)
+            return len(batches)
+
+        try:
+            fetched = self._retry.call(prefetch)  # idempotent: covered sets are skipped
+        except RetryableStatus as error:
+            raise error_for_reply(error.reply, f"get tokens from {self.host}") from None
+        except httpx.TransportError as error:
+            raise explain_transport_error(error, self.settings) from error
+        logger.debug("prefetched %d tokens for %d repositories", fetched, len(wanted))
+        return fetched
 
     # -- plumbing ------------------------------------------------------------
 

@@ -1382,10 +1382,12 @@ class _V2Front:
             if name.lower() not in _HOP_BY_HOP and name.lower() != "cookie"
         }
         response = self.harbor.upstream.forward(self.method, target, headers, body)
+        # Content-Type goes in `content_type`: kept here too, it would be
+        # sent twice, and a client would read both values joined by a comma.
         kept = {
             name: value
             for name, value in response.headers.items()
-            if name.lower() not in _HOP_BY_HOP
+            if name.lower() not in _HOP_BY_HOP and name.lower() != "content-type"
         }
         if self.method == "HEAD":
             kept["Content-Length"] = response.headers.get("Content-Length", "0")
