@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from reconciler.registry import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 8
+_LINK_WAITS = (0.2, 0.5, 1.0)
 
 Planned = Change | ProjectChange
 """Anything a plan makes: a tag, index or alias, or a Harbor project."""
@@ -165,7 +167,7 @@ class _Executor:
             if change.action is Action.DELETE:
                 self._delete(change)
             else:
-                self._write_checked(change)
+                self._write_until_linked(change)
         except ReconcilerError as error:
             logger.debug("change %s failed", change.address, exc_info=True)
             with self._lock:
@@ -174,6 +176,23 @@ class _Executor:
         with self._lock:
             self._report.done.append(change)
             self._on_done(change)
+
+    def _write_until_linked(self, change: Change) -> None:
+        """Write, trying again while the registry says a blob is unknown.
+
+        Distribution refuses a manifest with MANIFEST_BLOB_UNKNOWN while
+        another run rewrites the link of a blob or child it needs; the blob
+        is there (this run mounted or pushed it), so a retry lands.
+        """
+        for wait in (*_LINK_WAITS, None):
+            try:
+                self._write_checked(change)
+                return
+            except RegistryError as error:
+                if wait is None or "MANIFEST_BLOB_UNKNOWN" not in error.codes:
+                    raise
+                logger.info("%s: blob unknown, trying again", change.address)
+                time.sleep(wait)
 
     def _explained(self, change: Change, error: ReconcilerError) -> ReconcilerError:
         """The error told in Harbor's terms, on a Harbor host, where it means more:

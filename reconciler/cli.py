@@ -390,5 +390,11 @@ def _configure_logging(verbose: int) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    # stamina announces each retry at WARNING; a retry is a wait, shown with
+    # -v like the others, and never as a bare line from logging's fallback.
+    retries = logging.getLogger("stamina")
+    retries.handlers[:] = [handler]
+    retries.setLevel(logging.WARNING if verbose else logging.ERROR)
+    retries.propagate = False
     if verbose >= 2:
         logger.debug("verbose logging; credentials are never logged")

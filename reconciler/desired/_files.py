@@ -91,11 +91,14 @@ def _wanted(path: Path) -> bool:
 
 
 def _escapes(path: Path, root: Path) -> bool:
-    return path.is_symlink() and not path.resolve().is_relative_to(root.resolve())
+    # realpath, unlike Path.resolve, never raises on a link loop; a loop then
+    # shows as "not a regular file".
+    target = Path(os.path.realpath(path))
+    return path.is_symlink() and not target.is_relative_to(root.resolve())
 
 
 def _escape_problem(source: SourceFile, root: Path) -> Problem:
-    target = source.path.resolve()
+    target = Path(os.path.realpath(source.path))
     message = f"symbolic link to {str(target)!r}, outside {str(root)!r}"
     hint = "copy the file into the folder, or name it on the command line"
     return Problem.of_file(source.display, message, hint)

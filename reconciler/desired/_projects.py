@@ -15,7 +15,7 @@ from reconciler.oci import InvalidReferenceError, Repository
 
 # Harbor's rule for project names (src/common/utils/utils.go, 2.x): lower-case
 # letters and digits, separated by single `.`, `_` or `-`, at most 255 long.
-_PROJECT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_PROJECT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 _MAX_NAME = 255
 
 

@@ -8,7 +8,7 @@ import re
 from reconciler.errors import ReconcilerError
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_DIGEST = re.compile(r"^(?P<algorithm>sha256|sha512):(?P<hex>[a-f0-9]+)$")
+_DIGEST = re.compile(r"^(?P<algorithm>sha256|sha512):(?P<hex>[a-f0-9]+)\Z")
 
 
 class InvalidDigestError(ReconcilerError):

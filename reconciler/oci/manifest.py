@@ -19,6 +19,7 @@ from reconciler.oci.mediatypes import (
     IMAGE_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     OCI_INDEX,
+    OCI_MANIFEST,
 )
 from reconciler.oci.platform import Platform
 
@@ -118,7 +119,8 @@ def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest:
     if kind in INDEX_MEDIA_TYPES or (not kind and "manifests" in document):
         return _parse_index(document, kind or OCI_INDEX, raw)
     if kind in IMAGE_MEDIA_TYPES or (not kind and "config" in document):
-        return _parse_image(document, kind, raw)
+        # mediaType is optional in an OCI manifest, and only there.
+        return _parse_image(document, kind or OCI_MANIFEST, raw)
     raise InvalidManifestError(f"unsupported manifest media type {kind!r}")
 
 
@@ -145,7 +147,8 @@ def index_media_type_for(child_media_types: Iterable[str]) -> str:
 def _load_object(raw: bytes) -> dict[str, Any]:
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers bad JSON, bad UTF-8 and over-long integers.
         raise InvalidManifestError(f"manifest is not JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidManifestError("manifest is not a JSON object")

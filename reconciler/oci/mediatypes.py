@@ -9,6 +9,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 INDEX_MEDIA_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 IMAGE_MEDIA_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+MANIFEST_MEDIA_TYPES = INDEX_MEDIA_TYPES | IMAGE_MEDIA_TYPES
 
 # Without every type in Accept, registries convert or refuse: Distribution
 # answers a HEAD for an index with 404 when only image types are accepted.

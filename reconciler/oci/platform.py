@@ -47,7 +47,7 @@ KNOWN_ARCHITECTURES = frozenset(
         "wasm",
     ]
 )
-_VARIANT = re.compile(r"^[a-z0-9]+$")
+_VARIANT = re.compile(r"^[a-z0-9]+\Z")
 
 # The variant an architecture has when none is written (containerd's rule),
 # so that linux/arm64 and linux/arm64/v8 name the same platform.

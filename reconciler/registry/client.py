@@ -22,6 +22,7 @@ import httpx
 
 from reconciler.oci import (
     MANIFEST_ACCEPT,
+    MANIFEST_MEDIA_TYPES,
     Digest,
     InvalidDigestError,
     Manifest,
@@ -160,9 +161,12 @@ class RegistryClient:
         )
         if reply.status == 404:
             return None
-        if "Docker-Content-Digest" not in reply.headers:
-            # Not every registry sends it on HEAD; then only the bytes can tell.
-            return self.manifest_get(ref).info
+        digest = _header_digest(ref, reply)
+        if digest is None or _content_type(reply) not in MANIFEST_MEDIA_TYPES:
+            # Not every registry sends a digest, or a manifest Content-Type,
+            # on HEAD; then only the bytes can tell.
+            exact = ref.repository.digest(digest) if digest else ref
+            return self.manifest_get(exact).info
         return _manifest_info(
             ref, reply, size=int(reply.headers.get("Content-Length", 0))
         )
@@ -198,8 +202,10 @@ class RegistryClient:
                 f"{computed.short}, expected {claimed.short}",
                 hint="the registry or a proxy in between altered the content",
             )
-        info = ManifestInfo(computed, _content_type(reply), len(reply.body))
-        return FetchedManifest(info, _parse(ref, reply))
+        manifest = _parse(ref, reply)
+        # The bytes say what they are; a Content-Type may be wrong.
+        info = ManifestInfo(computed, manifest.media_type, len(reply.body))
+        return FetchedManifest(info, manifest)
 
     def manifest_put(self, ref: Reference, raw: bytes, media_type: str) -> Digest:
         """Push `raw` exactly as given, and check the digest the registry reports."""
@@ -608,8 +614,10 @@ def _content_type(reply: Reply) -> str:
 
 
 def _parse(ref: Reference, reply: Reply) -> Manifest:
+    declared = _content_type(reply)
+    hint = declared if declared in MANIFEST_MEDIA_TYPES else None
     try:
-        return parse_manifest(reply.body, _content_type(reply) or None)
+        return parse_manifest(reply.body, hint)
     except RegistryError:
         raise
     except Exception as error:

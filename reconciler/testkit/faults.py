@@ -555,7 +555,7 @@ _REASONS = {
 async def _close(writer: asyncio.StreamWriter) -> None:
     """Close cleanly, so that what was sent arrives; a no-op after a reset."""
     writer.close()
-    with contextlib.suppress(OSError, asyncio.TimeoutError):
+    with contextlib.suppress(OSError, asyncio.TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(writer.wait_closed(), _CLOSE_WAIT)
 
 
