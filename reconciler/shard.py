@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.desired import DesiredState
+from reconciler.desired import DesiredState, Image
 from reconciler.errors import ReconcilerError
 
 __all__ = ["InvalidShardError", "Shard", "choose_shard", "shard_of"]
@@ -85,12 +85,30 @@ class Shard:
         return shard_of(repository, self.total) == self.index
 
     def select(self, desired: DesiredState) -> DesiredState:
-        """The part of `desired` whose images are in this shard."""
+        """The part of `desired` whose images are in this shard.
+
+        A declared Harbor project goes with every shard that has images in
+        it, since they need it first (creating one that another shard just
+        made is no error); one that no image uses goes to one shard, by its
+        own name.
+        """
         images = tuple(i for i in desired.images if self.owns(str(i.repository)))
-        return dataclasses.replace(desired, images=images)
+        used = {_project_of(i) for i in desired.images}
+        mine = {_project_of(i) for i in images}
+        projects = {
+            address: project
+            for address, project in desired.projects.items()
+            if address in mine or (address not in used and self.owns(address))
+        }
+        return dataclasses.replace(desired, images=images, projects=projects)
 
     def __str__(self) -> str:
         return f"{self.index}/{self.total}"
+
+
+def _project_of(image: Image) -> str:
+    """`host/project` of the image's repository, as `projects:` keys it."""
+    return f"{image.repository.registry}/{image.repository.project}"
 
 
 def choose_shard(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from reconciler.cli import main
-from reconciler.desired import DesiredState, Image
+from reconciler.desired import DesiredState, Image, ProjectSettings
 from reconciler.oci import Platform, Repository
 from reconciler.shard import InvalidShardError, Shard, choose_shard, shard_of
 
@@ -69,6 +70,20 @@ def test_selecting_keeps_registries_and_order() -> None:
     assert kept.registries == desired.registries
     names = [str(i.repository) for i in kept.images]
     assert names == sorted(names)
+
+
+def test_declared_projects_go_with_the_shards_that_use_them() -> None:
+    """Each shard creates the projects its images need; an unused one, once."""
+    host = "harbor.example.com"
+    projects = {
+        f"{host}/{name}": ProjectSettings(host, name) for name in ("team-0", "spare")
+    }
+    desired = dataclasses.replace(fleet(60), projects=projects)
+    shards = [Shard(k, 3).select(desired) for k in (1, 2, 3)]
+    for shard in shards:
+        uses_team_0 = any(i.repository.project == "team-0" for i in shard.images)
+        assert (f"{host}/team-0" in shard.projects) == uses_team_0
+    assert sum(f"{host}/spare" in shard.projects for shard in shards) == 1
 
 
 @pytest.mark.parametrize(
