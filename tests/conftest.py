@@ -29,6 +29,15 @@ from reconciler.testkit.tokens import TokenService
 StartRegistry = Callable[..., RegistryServer]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fact_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fact cache of the test session's own, so ~/.cache stays untouched."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RECONCILER_CACHE_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
     """The test CA, an unrelated CA, and server certificates."""

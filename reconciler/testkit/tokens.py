@@ -357,6 +357,10 @@ class _TLSServer(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``GET /service/token``; anything else is 404."""
 
+    # Headers and body go out in two sends; with Nagle's algorithm the second
+    # waits for the client's delayed ACK (~40 ms a token). Harbor's token
+    # service, in Go, sets TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server: _TLSServer
     protocol_version = "HTTP/1.1"
     error_content_type = "application/json"
