@@ -52,7 +52,7 @@ DEFAULT_WORKERS = 8
 
 
 @dataclass
-class _Facts:
+class LiveFacts:
     """What has been read so far; filled in steps, frozen into a LiveState."""
 
     tags: dict[Reference, Descriptor | None] = field(default_factory=dict)
@@ -85,7 +85,7 @@ def read_live(
     cache = FactCache.from_environment() if cache is None else cache
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
         reader = _Reader(registries, pool, cache)
-        facts = _Facts()
+        facts = LiveFacts()
         addresses = _addresses(desired)
         reader.prefetch_tokens(addresses)
         facts.tags = reader.head_all(addresses)
@@ -176,7 +176,7 @@ def _source_refs(desired: DesiredState) -> set[tuple[Reference, Platform]]:
     }
 
 
-def _read_sources(desired: DesiredState, reader: _Reader, facts: _Facts) -> None:
+def _read_sources(desired: DesiredState, reader: _Reader, facts: LiveFacts) -> None:
     """Children of source indexes, then the platform of every source image."""
     wanted = [(ref, p, facts.tags[ref]) for ref, p in _source_refs(desired)]
     present = [(ref, p, found) for ref, p, found in wanted if found is not None]
@@ -201,7 +201,7 @@ def _read_sources(desired: DesiredState, reader: _Reader, facts: _Facts) -> None
 
 
 def _recall_children(
-    cache: FactCache, facts: _Facts, indexes: set[tuple[Repository, Digest]]
+    cache: FactCache, facts: LiveFacts, indexes: set[tuple[Repository, Digest]]
 ) -> set[tuple[Repository, Digest]]:
     """Fill in the children of `indexes` that the cache knows; return those."""
     recalled = set()
@@ -214,7 +214,7 @@ def _recall_children(
 
 
 def _unknown_platforms(
-    cache: FactCache, facts: _Facts, images: set[tuple[Repository, Digest]]
+    cache: FactCache, facts: LiveFacts, images: set[tuple[Repository, Digest]]
 ) -> set[tuple[Repository, Digest]]:
     """The images whose platform neither the run nor the cache knows."""
     unknown = set()
@@ -227,7 +227,9 @@ def _unknown_platforms(
     return unknown
 
 
-def _image_digest(found: Descriptor, platform: Platform, facts: _Facts) -> list[Digest]:
+def _image_digest(
+    found: Descriptor, platform: Platform, facts: LiveFacts
+) -> list[Digest]:
     if found.media_type not in INDEX_MEDIA_TYPES:
         return [found.digest]
     child = pick_child(facts.indexes.get(found.digest, ()), platform)
@@ -235,7 +237,7 @@ def _image_digest(found: Descriptor, platform: Platform, facts: _Facts) -> list[
 
 
 def _read_children(
-    reader: _Reader, facts: _Facts, indexes: set[tuple[Repository, Digest]]
+    reader: _Reader, facts: LiveFacts, indexes: set[tuple[Repository, Digest]]
 ) -> None:
     # Children recalled from the cache come without the document, which the
     # plan shows differences from; those are read here.
@@ -248,7 +250,7 @@ def _read_children(
 
 
 def _read_drifted_indexes(
-    desired: DesiredState, reader: _Reader, facts: _Facts
+    desired: DesiredState, reader: _Reader, facts: LiveFacts
 ) -> None:
     """Children of version indexes that differ from what the plan would build."""
     drifted: set[tuple[Repository, Digest]] = set()
@@ -283,7 +285,7 @@ def _config_platform(repository: Repository, digest: Digest, config: bytes) -> P
 
 
 def _read_pruned_repositories(
-    desired: DesiredState, reader: _Reader, facts: _Facts
+    desired: DesiredState, reader: _Reader, facts: LiveFacts
 ) -> None:
     """Every tag of repositories that prune, and the children of their indexes.
 

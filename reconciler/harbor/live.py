@@ -42,6 +42,7 @@ from reconciler.desired import DesiredState, Image
 from reconciler.harbor.errors import ProjectNotFoundError
 from reconciler.harbor.models import Artifact
 from reconciler.harbor.sites import HarborSites
+from reconciler.live import LiveFacts
 from reconciler.oci import (
     INDEX_MEDIA_TYPES,
     Descriptor,
@@ -200,26 +201,6 @@ def read_harbor_live(
     return HarborReading(live, dict(reading.views))
 
 
-@dataclass
-class _Facts:
-    """What has been read so far; frozen into a LiveState at the end."""
-
-    tags: dict[Reference, Descriptor | None] = field(default_factory=dict)
-    platforms: dict[Digest, Platform] = field(default_factory=dict)
-    indexes: dict[Digest, tuple[Descriptor, ...]] = field(default_factory=dict)
-    repository_tags: dict[Repository, tuple[str, ...]] = field(default_factory=dict)
-    documents: dict[Digest, bytes] = field(default_factory=dict)
-
-    def freeze(self) -> LiveState:
-        return LiveState(
-            dict(self.tags),
-            dict(self.platforms),
-            dict(self.indexes),
-            dict(self.repository_tags),
-            dict(self.documents),
-        )
-
-
 class _Reading:
     """One run of the reader: the listings, the facts, and the pool."""
 
@@ -228,7 +209,7 @@ class _Reading:
         self._harbor: HarborSites = registries.harbor
         self._pool = pool
         self.views: dict[Repository, RepositoryView] = {}
-        self.facts = _Facts()
+        self.facts = LiveFacts()
 
     # -- the steps, in the order of reconciler.live ---------------------------
 
