@@ -16,13 +16,7 @@ from pathlib import Path
 from reconciler.testkit.accounts import ADMIN, TOKEN_USERS
 from reconciler.testkit.pki import TestPKI, create_pki
 from reconciler.testkit.registry import RegistryServer
-from reconciler.testkit.tokens import TokenService, _Handler
-
-# NOTE(bench): the testkit's token service writes headers and body in two
-# sends; with Nagle's algorithm on, the second waits for the client's
-# delayed ACK, adding ~40 ms to every token request. Harbor's token service
-# (Go's net/http) sets TCP_NODELAY, so the benchmarks do too.
-_Handler.disable_nagle_algorithm = True
+from reconciler.testkit.tokens import TokenService
 
 
 @dataclass(frozen=True)
