@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from reconciler.cache import FactCache
-from reconciler.desired import DesiredState, Image
+from reconciler.desired import DesiredState
 from reconciler.oci import (
     INDEX_MEDIA_TYPES,
     Descriptor,
@@ -31,11 +31,10 @@ from reconciler.oci import (
     Repository,
 )
 from reconciler.plan._build import (
-    SourceProblem,
-    desired_index,
+    expected_digest,
     pick_child,
-    resolve_source,
-    source_reference,
+    read_addresses,
+    source_references,
 )
 from reconciler.plan.state import LiveState
 from reconciler.registries import Registries
@@ -86,7 +85,7 @@ def read_live(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
         reader = _Reader(registries, pool, cache)
         facts = LiveFacts()
-        addresses = _addresses(desired)
+        addresses = read_addresses(desired)
         reader.prefetch_tokens(addresses)
         facts.tags = reader.head_all(addresses)
         _read_sources(desired, reader, facts)
@@ -155,30 +154,9 @@ class _Reader:
         return client.manifest_get(repository.digest(digest)).manifest
 
 
-def _addresses(desired: DesiredState) -> set[Reference]:
-    refs: set[Reference] = set()
-    for image in desired.images:
-        for version in image.versions:
-            refs.add(image.version_ref(version))
-            for platform in image.platforms:
-                refs.add(image.platform_ref(version, platform))
-                refs.add(source_reference(image, version, platform))
-        refs.update(image.alias_ref(alias) for alias in image.aliases)
-    return refs
-
-
-def _source_refs(desired: DesiredState) -> set[tuple[Reference, Platform]]:
-    return {
-        (source_reference(image, version, platform), platform)
-        for image in desired.images
-        for version in image.versions
-        for platform in image.platforms
-    }
-
-
 def _read_sources(desired: DesiredState, reader: _Reader, facts: LiveFacts) -> None:
     """Children of source indexes, then the platform of every source image."""
-    wanted = [(ref, p, facts.tags[ref]) for ref, p in _source_refs(desired)]
+    wanted = [(ref, p, facts.tags[ref]) for ref, p in source_references(desired)]
     present = [(ref, p, found) for ref, p, found in wanted if found is not None]
     index_sources = {
         (ref.repository, found.digest)
@@ -260,18 +238,10 @@ def _read_drifted_indexes(
             found = live.tags.get(image.version_ref(version))
             if found is None or found.media_type not in INDEX_MEDIA_TYPES:
                 continue
-            expected = _expected_digest(image, version, live)
+            expected = expected_digest(image, version, live)
             if found.digest != expected:
                 drifted.add((image.repository, found.digest))
     _read_children(reader, facts, drifted)
-
-
-def _expected_digest(image: Image, version: str, live: LiveState) -> Digest | None:
-    try:
-        sources = [resolve_source(image, version, p, live) for p in image.platforms]
-    except SourceProblem:
-        return None  # the planner reports it
-    return desired_index(image, sources).digest
 
 
 def _config_platform(repository: Repository, digest: Digest, config: bytes) -> Platform:

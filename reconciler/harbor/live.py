@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from reconciler.desired import DesiredState, Image
+from reconciler.desired import DesiredState
 from reconciler.harbor.errors import ProjectNotFoundError
 from reconciler.harbor.models import Artifact
 from reconciler.harbor.sites import HarborSites
@@ -54,11 +54,10 @@ from reconciler.oci import (
     Repository,
 )
 from reconciler.plan._build import (
-    SourceProblem,
-    desired_index,
+    expected_digest,
     pick_child,
-    resolve_source,
-    source_reference,
+    read_addresses,
+    source_references,
 )
 from reconciler.plan.state import LiveState
 from reconciler.registries import Registries
@@ -187,7 +186,7 @@ def read_harbor_live(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="harbor") as pool:
         reading = _Reading(registries, pool)
         reading.list_repositories(_repositories(desired, harbor_hosts))
-        reading.read_addresses(_addresses(desired))
+        reading.read_addresses(read_addresses(desired))
         reading.read_sources(desired)
         reading.read_alias_targets(desired)
         reading.read_drifted_indexes(desired)
@@ -227,7 +226,7 @@ class _Reading:
 
     def read_sources(self, desired: DesiredState) -> None:
         """Exact sources, the children of source indexes, then source platforms."""
-        sources = _source_refs(desired)
+        sources = source_references(desired)
         self._exact({ref for ref, _ in sources if self._is_image(ref)})
         present = [(r, p, f) for r, p in sources if (f := self.facts.tags.get(r))]
         indexes = {
@@ -261,7 +260,7 @@ class _Reading:
                 found = live.tags.get(image.version_ref(version))
                 if found is None or found.media_type not in INDEX_MEDIA_TYPES:
                     continue
-                if found.digest != _expected_digest(image, version, live):
+                if found.digest != expected_digest(image, version, live):
                     drifted.add((image.repository, found.digest))
         self._read_indexes(drifted)
 
@@ -274,7 +273,7 @@ class _Reading:
         self.facts.repository_tags.update(zip(pruning, listed, strict=True))
         refs = [r.tag(t) for r, tags in zip(pruning, listed, strict=True) for t in tags]
         self.read_addresses(ref for ref in refs if ref not in self.facts.tags)
-        claimed = {ref for image in desired.images for ref in _claimed_refs(image)}
+        claimed = {i.repository.tag(t) for i in desired.images for t in i.tags()}
         self._exact(
             ref
             for ref in refs
@@ -416,41 +415,9 @@ def _repositories(
     desired: DesiredState, harbor_hosts: frozenset[str]
 ) -> set[Repository]:
     """The repositories to list: every one on a Harbor host that is read."""
-    found = {ref.repository for ref in _addresses(desired)}
+    found = {ref.repository for ref in read_addresses(desired)}
     found |= {image.repository for image in desired.images if image.prune}
     return {r for r in found if r.registry in harbor_hosts}
-
-
-def _addresses(desired: DesiredState) -> set[Reference]:
-    """Every address the plan reads: the same as `reconciler.live` reads."""
-    refs: set[Reference] = set()
-    for image in desired.images:
-        refs.update(_claimed_refs(image))
-        for version in image.versions:
-            refs.update(source_reference(image, version, p) for p in image.platforms)
-    return refs
-
-
-def _claimed_refs(image: Image) -> set[Reference]:
-    """The image's platform tags, version tags and aliases."""
-    return {image.repository.tag(tag) for tag in image.tags()}
-
-
-def _source_refs(desired: DesiredState) -> set[tuple[Reference, Platform]]:
-    return {
-        (source_reference(image, version, platform), platform)
-        for image in desired.images
-        for version in image.versions
-        for platform in image.platforms
-    }
-
-
-def _expected_digest(image: Image, version: str, live: LiveState) -> Digest | None:
-    try:
-        sources = [resolve_source(image, version, p, live) for p in image.platforms]
-    except SourceProblem:
-        return None  # the planner reports it
-    return desired_index(image, sources).digest
 
 
 def _platform_of_config(

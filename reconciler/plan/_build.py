@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.desired import Image
+from reconciler.desired import DesiredState, Image
 from reconciler.oci import (
     DOCKER_MANIFEST_LIST,
     INDEX_MEDIA_TYPES,
@@ -123,3 +123,34 @@ def _missing(image: Image, ref: Reference) -> str:
             "from; push it, or add a source template"
         )
     return f"source {ref} does not exist; push it first, or fix the source template"
+
+
+def read_addresses(desired: DesiredState) -> set[Reference]:
+    """Every address a plan reads: the image's own tags and every source."""
+    refs: set[Reference] = set()
+    for image in desired.images:
+        refs.update(image.repository.tag(tag) for tag in image.tags())
+        refs.update(ref for ref, _ in _image_sources(image))
+    return refs
+
+
+def source_references(desired: DesiredState) -> set[tuple[Reference, Platform]]:
+    """Each source reference with the platform it must serve."""
+    return {pair for image in desired.images for pair in _image_sources(image)}
+
+
+def expected_digest(image: Image, version: str, live: LiveState) -> Digest | None:
+    """The digest of the index the plan would build, or None if it cannot."""
+    try:
+        sources = [resolve_source(image, version, p, live) for p in image.platforms]
+    except SourceProblem:
+        return None  # the planner reports it
+    return desired_index(image, sources).digest
+
+
+def _image_sources(image: Image) -> set[tuple[Reference, Platform]]:
+    return {
+        (source_reference(image, version, platform), platform)
+        for version in image.versions
+        for platform in image.platforms
+    }
