@@ -553,6 +553,7 @@ def test_no_secret_reaches_the_logs(
     pushed = seed(registry_token, f"{namespace}/app", "1.0")
     _user, password = registry_token.credentials(ROBOT)
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="reconciler")
     token_service.clear_requests()
 
     with client_for(registry_token, ROBOT) as client:

@@ -1,8 +1,8 @@
 """A client for one registry: manifests, blobs and tags over the distribution API.
 
 One `RegistryClient` per registry host, shared by every thread of a run: it
-holds one connection pool (HTTP/2 where the registry offers it), one token
-cache and one cache of config blobs. Methods name the resource first, as the
+holds one pool of keep-alive connections, one token cache and one cache of
+config blobs. Methods name the resource first, as the
 API does: `manifest_head`, `manifest_put`, `blob_mount`, `tag_list`.
 """
 
@@ -20,6 +20,7 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
+from reconciler import __version__
 from reconciler.oci import (
     MANIFEST_ACCEPT,
     MANIFEST_MEDIA_TYPES,
@@ -50,6 +51,7 @@ from reconciler.registry._transport_errors import (
     plain_http_to_tls_port,
     tls_port_error,
 )
+from reconciler.registry._wire import PooledTransport
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ _KEEP_MANIFEST_BYTES = 64 * 1024
 _PULL = frozenset({"pull"})
 _PUSH = frozenset({"pull", "push"})
 _TAG_PAGE = 1000
+_USER_AGENT = f"reconciler/{__version__}"
 
 T = TypeVar("T")
 
@@ -99,20 +102,20 @@ class RegistryClient:
     ) -> None:
         self.settings = settings
         self._retry = retry or RetryPolicy()
+        # HTTP/1.1 on purpose: httpcore's HTTP/2 connection, shared by
+        # threads, sent frames Go's server rejected with PROTOCOL_ERROR under
+        # load, and one HTTP/2 connection per thread was slower (measured).
+        self._transport = transport or PooledTransport(
+            settings.ssl_context(), max_idle=max_connections, timeout=timeout
+        )
+        # Requests that follow redirects, and token requests, go through
+        # httpx's client; the rest are handed to the transport directly.
         self._http = httpx.Client(
-            verify=settings.ssl_context(),
-            # HTTP/1.1 on purpose: httpcore's HTTP/2 connection, shared by
-            # threads, sent frames Go's server rejected with PROTOCOL_ERROR
-            # under load (measured); a pool of keep-alive connections is safe.
-            http2=False,
-            transport=transport,
+            transport=self._transport,
             timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-            ),
             follow_redirects=False,
             cookies=NoCookies(),
+            headers={"User-Agent": _USER_AGENT},
         )
         self._auth = Authenticator(
             self._http,
@@ -139,7 +142,7 @@ class RegistryClient:
 
     def close(self) -> None:
         """Close the connection pool."""
-        self._http.close()
+        self._http.close()  # closes the transport too
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -507,14 +510,19 @@ class RegistryClient:
         # A streamed body is consumed by the first send and cannot be resent.
         resendable = content is None or isinstance(content, bytes)
         for retried_auth in (False, True):
-            request_headers = {**(headers or {}), **self._auth.header(scopes, required)}
+            request_headers = {
+                "User-Agent": _USER_AGENT,
+                **(headers or {}),
+                **self._auth.header(scopes, required),
+            }
             started = time.monotonic()
-            request = self._http.build_request(
+            request = httpx.Request(
                 method, url, headers=request_headers, content=content
             )
-            response = self._http.send(
-                request, stream=True, follow_redirects=follow_redirects
-            )
+            if follow_redirects:
+                response = self._http.send(request, stream=True, follow_redirects=True)
+            else:
+                response = self._transport.handle_request(request)
             try:
                 reply = _reply(response, _read_capped(response, cap, url))
             finally:

@@ -1,0 +1,250 @@
+"""The connection pool under the registry client, against small real servers.
+
+Distribution never closes an idle keep-alive connection within a test's
+time, nor cuts a body short, so these servers do it on purpose, over TCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from reconciler.registry._wire import PooledTransport
+
+# One HTTP/1.1 exchange: the request head and body the server read, and what
+# it does next: (response bytes, whether to close the connection after).
+Handler = Callable[[bytes, bytes], tuple[bytes, bool]]
+
+
+class Server:
+    """A plain-HTTP server on 127.0.0.1 that counts connections and requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        reader = conn.makefile("rb")
+        with conn, reader, contextlib.suppress(OSError):  # a client may reset
+            while True:
+                head = _read_head(reader)
+                if not head:
+                    return
+                body = _read_body(reader, head)
+                self.requests.append(head)
+                self.bodies.append(body)
+                answer, close = self.handler(head, body)
+                conn.sendall(answer)
+                if close:
+                    return
+
+
+def _read_head(reader: io.BufferedReader) -> bytes:
+    lines: list[bytes] = []
+    while True:
+        line = reader.readline()
+        if not line:
+            return b""
+        if line in (b"\r\n", b"\n"):
+            return b"".join(lines)
+        lines.append(line)
+
+
+def _read_body(reader: io.BufferedReader, head: bytes) -> bytes:
+    headers = _headers(head)
+    if "content-length" in headers:
+        return reader.read(int(headers["content-length"]))
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int(reader.readline().strip(), 16)
+            chunk = reader.read(size + 2)
+            if size == 0:
+                return body
+            body += chunk[:-2]
+    return b""
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    pairs = (line.split(":", 1) for line in lines if ":" in line)
+    return {name.strip().lower(): value.strip() for name, value in pairs}
+
+
+def _ok(body: bytes = b"hello") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@contextlib.contextmanager
+def serving(handler: Handler) -> Iterator[Server]:
+    server = Server(handler)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def transport() -> Iterator[PooledTransport]:
+    pooled = PooledTransport(ssl.create_default_context(), timeout=5.0)
+    yield pooled
+    pooled.close()
+
+
+def _send(
+    transport: PooledTransport,
+    method: str,
+    url: str,
+    content: bytes | Iterator[bytes] | None = None,
+) -> httpx.Response:
+    request = httpx.Request(method, url, content=content)
+    response = transport.handle_request(request)
+    response.read()
+    response.close()
+    return response
+
+
+def test_keep_alive_connection_is_reused(transport: PooledTransport) -> None:
+    """GETs and HEADs one after another share one connection."""
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        return _ok(b"" if head.startswith(b"HEAD") else b"hi"), False
+
+    with serving(handler) as server:
+        statuses = [
+            _send(transport, method, server.url("/x")).status_code
+            for method in ("GET", "HEAD", "GET", "HEAD")
+        ]
+    assert statuses == [200] * 4
+    assert server.connections == 1
+    assert len(server.requests) == 4
+
+
+def test_connection_the_server_closed_is_replaced(transport: PooledTransport) -> None:
+    """A keep-alive connection the server dropped while idle is not used again."""
+    with serving(lambda *_: (_ok(), True)) as server:  # closes after each answer
+        bodies = [_send(transport, "GET", server.url("/x")).content for _ in range(3)]
+    assert bodies == [b"hello"] * 3
+    assert server.connections == 3
+
+
+def test_request_lost_on_a_reused_connection_is_sent_again(
+    transport: PooledTransport,
+) -> None:
+    """A server that closes a connection without answering makes a new one."""
+    answered: list[int] = []
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        if len(answered) == 1:
+            answered.append(0)
+            return b"", True  # read the second request, then hang up silently
+        answered.append(0)
+        return _ok(), False
+
+    with serving(handler) as server:
+        first = _send(transport, "PUT", server.url("/x"), content=b"one")
+        second = _send(transport, "PUT", server.url("/x"), content=b"two")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert server.bodies == [b"one", b"two", b"two"]
+    assert server.connections == 2
+
+
+def test_streamed_body_is_not_sent_twice(transport: PooledTransport) -> None:
+    """A streamed upload lost on a reused connection fails rather than resends."""
+    answered: list[int] = []
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        answered.append(0)
+        return (_ok(), False) if len(answered) == 1 else (b"", True)
+
+    with serving(handler) as server:
+        _send(transport, "GET", server.url("/warm"))
+        with pytest.raises(httpx.RemoteProtocolError):
+            _send(
+                transport,
+                "PUT",
+                server.url("/blob"),
+                content=iter([b"ab", b"cd"]),
+            )
+    assert server.bodies[1] == b"abcd"  # sent chunked, once
+    assert len(server.requests) == 2
+
+
+def test_short_body_is_an_error(transport: PooledTransport) -> None:
+    """A body cut before its Content-Length is a protocol error, not short data."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"
+    with (
+        serving(lambda *_: (answer, True)) as server,
+        pytest.raises(httpx.RemoteProtocolError, match="91 bytes"),
+    ):
+        _send(transport, "GET", server.url("/x"))
+
+
+def test_unread_body_closes_the_connection(transport: PooledTransport) -> None:
+    """A response closed before its body is read does not return to the pool."""
+    with serving(lambda *_: (_ok(b"x" * 100_000), False)) as server:
+        response = transport.handle_request(httpx.Request("GET", server.url("/big")))
+        response.close()
+        assert _send(transport, "GET", server.url("/big")).content == b"x" * 100_000
+    assert server.connections == 2
+
+
+def test_refused_connection_is_a_connect_error(transport: PooledTransport) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    with pytest.raises(httpx.ConnectError) as caught:
+        _send(transport, "GET", f"http://127.0.0.1:{port}/v2/")
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+
+
+def test_silent_server_is_a_read_timeout() -> None:
+    pooled = PooledTransport(ssl.create_default_context(), timeout=0.3)
+    gate = threading.Event()
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        gate.wait(5)
+        return b"", True
+
+    with serving(handler) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            _send(pooled, "GET", server.url("/slow"))
+        gate.set()
+    pooled.close()
+
+
+def test_head_cut_short_is_an_error(transport: PooledTransport) -> None:
+    """A response cut inside a header line is not taken for a shorter header."""
+    answer = b"HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:9ed4cf1e"
+    with (
+        serving(lambda *_: (answer, True)) as server,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        _send(transport, "HEAD", server.url("/v2/x/manifests/1"))
