@@ -85,6 +85,16 @@ class FactCache:
         platform = Platform.from_json(value)
         return platform if platform.os and platform.architecture else None
 
+    def has_platforms(self) -> bool:
+        """Whether any platform is cached; False for a new or disabled cache."""
+        if self.directory is None:
+            return False
+        try:
+            with os.scandir(self.directory / FORMAT / _PLATFORM) as entries:
+                return any(True for _ in entries)
+        except OSError:
+            return False
+
     def put_platform(self, digest: Digest, platform: Platform) -> None:
         """Remember the platform of image `digest`."""
         self._write(_PLATFORM, digest, platform.to_json())

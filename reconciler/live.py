@@ -4,7 +4,13 @@ Every address is read with one HEAD. GET is used only for what HEAD cannot
 tell: the config platform of a source image and the children of a source
 index (both cached on disk by digest, as they never change; see
 `reconciler.cache`), and the children of a version index whose digest
-differs from the one the plan would build.
+differs from the one the plan would build. With nothing in that cache, as
+on a first run, sources are read with GET straight away, since their
+manifests are needed anyway.
+
+A repository whose first address is missing may not exist at all, or be
+new: its tags are listed, and only the listed addresses are read. A new
+image then costs two requests, not one per address.
 
 Tokens for every repository read are asked for up front, many repositories
 per token request, before the HEADs start.
@@ -38,7 +44,7 @@ from reconciler.plan._build import (
 )
 from reconciler.plan.state import LiveState
 from reconciler.registries import Registries
-from reconciler.registry import IntegrityError
+from reconciler.registry import IntegrityError, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +93,8 @@ def read_live(
         facts = LiveFacts()
         addresses = read_addresses(desired)
         reader.prefetch_tokens(addresses)
-        facts.tags = reader.head_all(addresses)
+        fetch = set() if reader.cache.has_platforms() else _sources(desired)
+        facts.tags = reader.get_all(fetch) | reader.head_all(addresses - fetch)
         _read_sources(desired, reader, facts)
         _read_drifted_indexes(desired, reader, facts)
         _read_pruned_repositories(desired, reader, facts)
@@ -119,14 +126,61 @@ class _Reader:
             )
 
     def head_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
+        """What each of `refs` points at, skipping tags a listing shows missing.
+
+        The first reference of each repository with more than two is read
+        first; where it is missing, the repository's tags are listed.
+        """
         unique = sorted(set(refs))
-        return dict(zip(unique, self.map(self.head, unique), strict=True))
+        by_repository: dict[Repository, list[Reference]] = {}
+        for ref in unique:
+            by_repository.setdefault(ref.repository, []).append(ref)
+        probes = [group[0] for group in by_repository.values() if len(group) > 2]
+        found = self._read(self.head, probes)
+        unseen = [probe.repository for probe in probes if found[probe] is None]
+        listed = dict(zip(unseen, self.map(self._listed, unseen), strict=True))
+        rest = [
+            ref
+            for group in by_repository.values()
+            for ref in group
+            if ref not in found and _may_exist(ref, listed.get(ref.repository))
+        ]
+        found |= self._read(self.head, rest)
+        return {
+            ref: found.get(ref) for group in by_repository.values() for ref in group
+        }
+
+    def get_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
+        """Like `head_all`, reading the manifests too; the client keeps them."""
+        return self._read(self.get, sorted(set(refs)))
 
     def head(self, ref: Reference) -> Descriptor | None:
         info = self._registries.client(ref.registry).manifest_head(ref)
         if info is None:
             return None
         return Descriptor(info.media_type, info.digest, info.size)
+
+    def get(self, ref: Reference) -> Descriptor | None:
+        fetched = self._registries.client(ref.registry).manifest_find(ref)
+        if fetched is None:
+            return None
+        info = fetched.info
+        return Descriptor(info.media_type, info.digest, info.size)
+
+    def _read(
+        self,
+        function: Callable[[Reference], Descriptor | None],
+        refs: list[Reference],
+    ) -> dict[Reference, Descriptor | None]:
+        return dict(zip(refs, self.map(function, refs), strict=True))
+
+    def _listed(self, repository: Repository) -> frozenset[str] | None:
+        """The repository's tags, or None when it may not be listed."""
+        try:
+            return frozenset(self.tags(repository))
+        except RegistryError as error:
+            logger.debug("cannot list the tags of %s: %s", repository, error)
+            return None
 
     def tags(self, repository: Repository) -> tuple[str, ...]:
         """Every tag of the repository."""
@@ -152,6 +206,15 @@ class _Reader:
     def _get(self, repository: Repository, digest: Digest) -> ImageManifest | Index:
         client = self._registries.client(repository.registry)
         return client.manifest_get(repository.digest(digest)).manifest
+
+
+def _sources(desired: DesiredState) -> set[Reference]:
+    return {ref for ref, _ in source_references(desired)}
+
+
+def _may_exist(ref: Reference, listed: frozenset[str] | None) -> bool:
+    """Whether `ref` needs reading, given its repository's tags if listed."""
+    return listed is None or ref.tag is None or ref.tag in listed
 
 
 def _read_sources(desired: DesiredState, reader: _Reader, facts: LiveFacts) -> None:

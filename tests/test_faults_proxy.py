@@ -289,8 +289,10 @@ def test_dropped_manifest_read_is_retried_into_the_right_bytes(
     """A connection dropped before or during the answer is read again, whole."""
     proxy.add(FaultRule(fault, "GET", MANIFESTS, nth=frozenset({1, 3})))
 
+    # Two clients: one keeps what it read by digest for the run.
     with client_via(proxy) as client:
         first = client.manifest_get(ref_via(proxy, image))
+    with client_via(proxy) as client:
         second = client.manifest_get(ref_via(proxy, image, f"@{image.digest}"))
 
     assert first.manifest.raw == image.manifest

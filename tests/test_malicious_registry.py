@@ -108,7 +108,18 @@ class Server:
             _send(handler, Answer(401, challenge, b"{}"))
             return
         missing = Answer(404, {"Content-Type": "application/json"}, _UNKNOWN)
-        _send(handler, self.routes.get((handler.command, path), missing))
+        _send(handler, self._route(handler.command, path) or missing)
+
+    def _route(self, command: str, path: str) -> Answer | None:
+        found = self.routes.get((command, path))
+        if found is None and command == "GET" and "/manifests/" in path:
+            # A tag serves what its digest serves, as on a registry.
+            tagged = self.routes.get(("HEAD", path))
+            digest = tagged.headers.get("Docker-Content-Digest") if tagged else None
+            if digest:
+                by_digest = f"{path.rsplit('/', 1)[0]}/{digest}"
+                found = self.routes.get(("GET", by_digest))
+        return found
 
 
 _UNKNOWN = b'{"errors": [{"code": "MANIFEST_UNKNOWN", "message": "unknown"}]}'

@@ -177,18 +177,32 @@ class RegistryClient:
     def manifest_get(self, ref: Reference) -> FetchedManifest:
         """Read a manifest's bytes, capped at 4 MiB and checked against its digest.
 
-        A manifest read by digest is kept for the run (small ones): content
+        A manifest read is kept for the run by digest (small ones): content
         by digest never changes, and apply copies what the plan just read.
         """
-        kept = self._manifests.get(ref)
-        if kept is not None:
-            return kept
-        fetched = self._manifest_fetch(ref)
-        if ref.digest is not None and fetched.info.size <= _KEEP_MANIFEST_BYTES:
-            self._manifests[ref] = fetched
+        found = self._manifest_read(ref, missing_ok=False)
+        assert found is not None
+        return found
+
+    def manifest_find(self, ref: Reference) -> FetchedManifest | None:
+        """Like `manifest_get`, but None when there is no such manifest."""
+        return self._manifest_read(ref, missing_ok=True)
+
+    def _manifest_read(
+        self, ref: Reference, *, missing_ok: bool
+    ) -> FetchedManifest | None:
+        if ref.digest is not None:
+            kept = self._manifests.get(ref)
+            if kept is not None:
+                return kept
+        fetched = self._manifest_fetch(ref, missing_ok=missing_ok)
+        if fetched is not None and fetched.info.size <= _KEEP_MANIFEST_BYTES:
+            self._manifests[ref.repository.digest(fetched.info.digest)] = fetched
         return fetched
 
-    def _manifest_fetch(self, ref: Reference) -> FetchedManifest:
+    def _manifest_fetch(
+        self, ref: Reference, *, missing_ok: bool
+    ) -> FetchedManifest | None:
         reply = self._request(
             "GET",
             self._manifest_url(ref),
@@ -196,7 +210,10 @@ class RegistryClient:
             scopes={ref.repository.path: _PULL},
             headers={"Accept": MANIFEST_ACCEPT},
             cap=MAX_MANIFEST_BYTES,
+            allow=(404,) if missing_ok else (),
         )
+        if reply.status == 404:
+            return None
         computed = Digest.of(reply.body)
         claimed = ref.digest or _header_digest(ref, reply) or computed
         if computed != claimed:
