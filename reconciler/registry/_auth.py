@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,27 +92,33 @@ def format_scopes(scopes: Scopes) -> list[str]:
 
 
 def batch_scopes(
-    scopes: Scopes,
+    groups: Iterable[Scopes],
     *,
     size: int = SCOPES_PER_TOKEN,
     chars: int = SCOPE_CHARS_PER_TOKEN,
 ) -> list[dict[str, frozenset[str]]]:
-    """Split `scopes` into sets small enough for one token request each.
+    """Pack scope groups into sets small enough for one token request each.
 
-    A set holds at most `size` repositories and `chars` characters of
-    `scope` parameters: token URLs stay short for proxies, and tokens
-    small, since every request carries one and the registry parses it.
+    A group (say, the repository a manifest is pushed to and the one its
+    blobs are mounted from) is never split: a request needs one token
+    covering all of it. A set holds at most `size` repositories and `chars`
+    characters of `scope` parameters, unless one group alone is larger:
+    token URLs stay short for proxies, and tokens small, since every request
+    carries one and the registry parses it.
     """
     batches: list[dict[str, frozenset[str]]] = []
     current: dict[str, frozenset[str]] = {}
     length = 0
-    for repo, actions in sorted(scopes.items()):
-        (scope,) = format_scopes({repo: actions})
-        if current and (len(current) >= size or length + len(scope) > chars):
+    for group in groups:
+        added = {r: a for r, a in group.items() if not a <= current.get(r, frozenset())}
+        grown = len(current.keys() | added.keys())
+        extra = sum(len(s) for s in format_scopes(added))
+        if current and (grown > size or length + extra > chars):
             batches.append(current)
             current, length = {}, 0
-        current[repo] = actions
-        length += len(scope)
+            added, extra = dict(group), sum(len(s) for s in format_scopes(group))
+        current = merge_scopes(current, added)
+        length += extra
     return [*batches, current] if current else batches
 
 
@@ -186,13 +192,9 @@ class Authenticator:
         if scopes and self._store.find(scopes) is None:
             self._fetch_once(scopes)
 
-    def uncovered(self, scopes: Scopes) -> dict[str, frozenset[str]]:
-        """The part of `scopes` that no fresh token was asked for yet."""
-        return {
-            repo: actions
-            for repo, actions in scopes.items()
-            if self._store.find({repo: actions}) is None
-        }
+    def uncovered(self, groups: Iterable[Scopes]) -> list[Scopes]:
+        """The scope groups that no fresh token was asked for yet."""
+        return [group for group in groups if group and self._store.find(group) is None]
 
     def _basic_header(self) -> dict[str, str]:
         if self._credentials is None:

@@ -434,7 +434,39 @@ class RegistryClient:
         Returns how many token requests were needed; 0 when the registry
         does not use Bearer tokens.
         """
-        wanted = {repository.path: _PULL for repository in repositories}
+        groups = [{r.path: _PULL} for r in sorted(set(repositories))]
+        return self.prefetch_scopes(groups, each=each)
+
+    def prefetch_push_tokens(
+        self,
+        pushes: Mapping[Repository, Iterable[Repository]],
+        *,
+        each: Callable[[Callable[[Scopes], None], list[Scopes]], object] = _each,
+    ) -> int:
+        """Ask ahead for tokens to push to each repository and mount into it
+        from the repositories it maps to; see `prefetch_tokens`.
+        """
+        groups = [
+            {
+                **{source.path: _PULL for source in sources},
+                target.path: _PUSH,
+            }
+            for target, sources in sorted(pushes.items())
+        ]
+        return self.prefetch_scopes(groups, each=each)
+
+    def prefetch_scopes(
+        self,
+        groups: Iterable[Scopes],
+        *,
+        each: Callable[[Callable[[Scopes], None], list[Scopes]], object] = _each,
+    ) -> int:
+        """Fetch tokens for scope groups, packed many groups per token request.
+
+        Each group ends up in one token whole, so a request needing all of
+        a group's scopes finds a token for it.
+        """
+        wanted = list(groups)
 
         def prefetch() -> int:
             self._ensure_pinged()
@@ -450,7 +482,7 @@ class RegistryClient:
             raise error_for_reply(error.reply, f"get tokens from {self.host}") from None
         except httpx.TransportError as error:
             raise explain_transport_error(error, self.settings) from error
-        logger.debug("prefetched %d tokens for %d repositories", fetched, len(wanted))
+        logger.debug("prefetched %d tokens for %d scope groups", fetched, len(wanted))
         return fetched
 
     # -- plumbing ------------------------------------------------------------
