@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from deepdiff import DeepDiff
-
 MAX_LINES = 8
 
 _VERBS = {
@@ -28,6 +26,10 @@ _VERBS = {
 
 def explain_index(live: bytes, planned: bytes) -> tuple[str, ...]:
     """Lines such as `manifests[1].platform.variant removed ("v8")`."""
+    # Imported here, not at the top: DeepDiff pulls in numpy, a cost every run
+    # would pay at start-up, while only a plan rewriting an index needs it.
+    from deepdiff import DeepDiff
+
     try:
         before, after = json.loads(live), json.loads(planned)
     except ValueError:
