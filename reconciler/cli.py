@@ -15,10 +15,7 @@ from typing import Any
 
 import click
 
-from reconciler.adopt import Access, import_desired
-from reconciler.apply import apply_plan, check_stale, failure_message
 from reconciler.desired import DesiredState, load_desired
-from reconciler.desired.jsonschema import desired_state_schema
 from reconciler.errors import ApplyError, ReconcilerError
 from reconciler.gitlab import PlanReports, publishing
 from reconciler.plan import (
@@ -36,6 +33,10 @@ from reconciler.planning import make_plan
 from reconciler.registries import Registries, connection_settings
 from reconciler.registry import BlobCopy, ConnectionSettings, docker_config
 from reconciler.shard import choose_shard
+
+# Modules that only one command needs (reconciler.adopt for import,
+# reconciler.apply for apply, the JSON Schema for schema) are imported inside
+# the functions that use them, so that plan and validate start without them.
 
 logger = logging.getLogger("reconciler")
 
@@ -77,6 +78,8 @@ def validate(context: click.Context, paths: tuple[Path, ...]) -> None:
 @main.command()
 def schema() -> None:
     """Print the JSON Schema (draft 2020-12) of the desired-state files."""
+    from reconciler.desired.jsonschema import desired_state_schema
+
     click.echo(json.dumps(desired_state_schema(), indent=2))
 
 
@@ -189,6 +192,8 @@ def apply(
 
 
 def _apply_saved(plan_file: Path) -> None:
+    from reconciler.apply import check_stale
+
     made, saved = load_plan(plan_file)
     settings = {
         host: ConnectionSettings(**_settings_from(v)) for host, v in saved.items()
@@ -202,6 +207,8 @@ def _apply_saved(plan_file: Path) -> None:
 def _apply_fresh(
     paths: tuple[Path, ...], auto_approve: bool, shard: str | None
 ) -> None:
+    from reconciler.apply import check_stale
+
     desired = _sharded(_load(paths), shard)
     with Registries(connection_settings(desired)) as registries:
         made = make_plan(desired, registries)
@@ -236,6 +243,8 @@ def _ask(question: str) -> None:
 
 
 def _execute(made: Plan, registries: Registries) -> None:
+    from reconciler.apply import apply_plan, failure_message
+
     total = len(made.projects) + len(made.changes)
     counter = iter(range(1, total + 1))
     report = apply_plan(
@@ -296,6 +305,8 @@ def import_(
     password_env: str | None,
 ) -> None:
     """Print desired state for REFERENCE... (host/path or host/path:tag)."""
+    from reconciler.adopt import Access, import_desired
+
     with _errors_exit(context):
         access = Access.from_options(
             ca_files,
