@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 from types import NoneType, UnionType
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -92,7 +91,10 @@ def _unknown_hint(name: str, fields: tuple[str, ...]) -> str | None:
             "never write secrets in the file: under credentials, name "
             "environment variables with username_env and password_env"
         )
-    close = difflib.get_close_matches(name, fields, n=1)
+    # Only an unknown field needs difflib, so a valid file never loads it.
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, fields, n=1)
     if close:
         return f"did you mean {close[0]!r}?"
     return f"the fields here are {', '.join(fields)}" if fields else None
