@@ -548,11 +548,15 @@ def test_no_secret_reaches_the_logs(
     token_service: TokenService,
     namespace: str,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """At DEBUG, an authenticated push and read log neither password nor token."""
     pushed = seed(registry_token, f"{namespace}/app", "1.0")
     _user, password = registry_token.credentials(ROBOT)
     caplog.set_level(logging.DEBUG)
+    # The command line, run in process by earlier tests, keeps its records
+    # from the root logger, where caplog listens.
+    monkeypatch.setattr(logging.getLogger("reconciler"), "propagate", True)
     caplog.set_level(logging.DEBUG, logger="reconciler")
     token_service.clear_requests()
 
