@@ -43,7 +43,12 @@ from reconciler.harbor.models import (
     Permission,
     Project,
 )
-from reconciler.registry import Credentials, RegistryError, RetryPolicy
+from reconciler.registry import (
+    Credentials,
+    PooledTransport,
+    RegistryError,
+    RetryPolicy,
+)
 from reconciler.registry._cookies import NoCookies
 from reconciler.registry._errors import (
     IntegrityError,
@@ -93,10 +98,10 @@ class HarborClient:
         self._page_size = page_size
         self._http = httpx.Client(
             base_url=f"{settings.base_url}{API_PREFIX}",
-            verify=settings.ssl_context(),
             auth=_basic(credentials),
             cookies=NoCookies(),
-            transport=transport,
+            transport=transport
+            or PooledTransport(settings.ssl_context(), timeout=timeout),
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
         )

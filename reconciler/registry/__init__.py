@@ -21,6 +21,7 @@ from reconciler.registry._errors import (
 )
 from reconciler.registry._retry import RetryPolicy
 from reconciler.registry._settings import ConnectionSettings
+from reconciler.registry._wire import PooledTransport
 from reconciler.registry.client import FetchedManifest, ManifestInfo, RegistryClient
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ManifestInfo",
     "NotFoundError",
     "PermissionDeniedError",
+    "PooledTransport",
     "RegistryClient",
     "RegistryError",
     "RetryPolicy",
