@@ -122,7 +122,7 @@ def _run_all(settings: Settings) -> None:
             ).parent
             for scale in SCALES
         }
-        warm_up = [sys.executable, "-c", "import reconciler.cli"]
+        warm_up = [sys.executable, "-c", "import reconciler.cli, reconciler.apply"]
         env = _env(stack, settings.workdir, settings.workdir)
         run_measured(warm_up, env=env, cwd=_SOURCE)
         _cold_apply_section(stack, settings, folders)
@@ -365,7 +365,7 @@ def _baseline_counted(stack: Stack, settings: Settings, folder: Path) -> Counted
     if settings.baseline is None:
         return None
     cache = settings.workdir / "baseline-cache"
-    warm_up = [sys.executable, "-c", "import reconciler.cli"]
+    warm_up = [sys.executable, "-c", "import reconciler.cli, reconciler.apply"]
     env = _env(stack, cache, settings.workdir, settings.baseline)
     run_measured(warm_up, env=env, cwd=settings.baseline)
     return _reconciler(stack, folder, cache, "plan", source=settings.baseline)
