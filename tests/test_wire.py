@@ -248,3 +248,57 @@ def test_head_cut_short_is_an_error(transport: PooledTransport) -> None:
         pytest.raises(httpx.RemoteProtocolError),
     ):
         _send(transport, "HEAD", server.url("/v2/x/manifests/1"))
+
+
+def test_head_cut_between_lines_is_an_error(transport: PooledTransport) -> None:
+    """A connection closed after a whole header line, before the blank one."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+    with (
+        serving(lambda *_: (answer, True)) as server,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        _send(transport, "HEAD", server.url("/v2/x/manifests/1"))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Folded: one two\r\n"
+        b"Content-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-Folded: one two\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\no\r\n1\r\nk\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nX-Folded: one two\r\n\r\nok",  # ends with the connection
+    ],
+    ids=["folded", "continue", "chunked", "until-close"],
+)
+def test_response_heads_and_bodies_are_read_as_sent(
+    transport: PooledTransport, answer: bytes
+) -> None:
+    with serving(lambda *_: (answer, True)) as server:
+        response = _send(transport, "GET", server.url("/x"))
+    assert response.status_code == 200
+    assert response.headers["X-Folded"] == "one two"
+    assert response.content == b"ok"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"ICY 200 OK\r\n\r\n",
+        b"HTTP/1.1 2OO OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: lots\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 101 + b"\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["not-http", "bad-code", "no-colon", "bad-length", "too-many", "too-long"],
+)
+def test_malformed_heads_are_protocol_errors(
+    transport: PooledTransport, answer: bytes
+) -> None:
+    with (
+        serving(lambda *_: (answer, True)) as server,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        _send(transport, "GET", server.url("/x"))

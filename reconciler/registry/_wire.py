@@ -16,37 +16,30 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from typing import Any, BinaryIO, NoReturn
+from typing import NoReturn
 
 import httpx
 
 _CHUNK = 64 * 1024
+_MAX_LINE = 64 * 1024
+_MAX_FIELDS = 100
 # A reused connection that fails like this never reached the server's
 # handler: the server had closed it while it sat in the pool.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-class _Lines:
-    """The socket's reader, with lines cut short by a closed connection refused.
+class _Response(http.client.HTTPResponse):
+    """http.client's response, with a head parser of its own.
 
-    `http.client` takes a header line that ends at EOF for a whole one, so a
-    response cut off inside its head would pass with a truncated header.
+    `http.client` hands the head to the email package, which took a quarter
+    of the CPU of each HEAD (measured), and takes a line that ends at EOF for
+    a whole one, so a response cut off in its head would pass with a
+    truncated header. This parser is plain, and strict about both. Bodies
+    are read by http.client as before: it needs only the fields set here.
     """
 
-    def __init__(self, reader: BinaryIO) -> None:
-        self._reader = reader
+    fields: list[tuple[str, str]]
 
-    def readline(self, limit: int = -1) -> bytes:
-        line = self._reader.readline(limit)
-        if line and not line.endswith(b"\n") and (limit < 0 or len(line) < limit):
-            raise http.client.IncompleteRead(line)
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
-
-
-class _Response(http.client.HTTPResponse):
     def __init__(
         self,
         sock: socket.socket,
@@ -55,8 +48,89 @@ class _Response(http.client.HTTPResponse):
         url: str | None = None,
     ) -> None:
         super().__init__(sock, debuglevel, method, url)
-        # Duck-typed like the BufferedReader it wraps, which is all it uses.
-        self.fp = _Lines(self.fp)  # type: ignore[assignment]
+        self._head_only = method == "HEAD"
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return  # read already
+        status, reason, version = self._status()
+        while status == 100:  # an interim answer; the real one follows
+            self._fields()
+            status, reason, version = self._status()
+        self.status = self.code = status
+        self.reason = reason
+        self.version = version
+        self.fields = self._fields()
+        message = http.client.HTTPMessage()
+        for name, value in self.fields:
+            message.set_raw(name, value)
+        self.headers = self.msg = message
+        self._frame(message)
+
+    def _frame(self, message: http.client.HTTPMessage) -> None:
+        """How the body is delimited, and whether the connection ends with it."""
+        connection = (message.get("Connection") or "").lower()
+        if self.version == 11:
+            self.will_close = "close" in connection
+        else:
+            self.will_close = "keep-alive" not in connection
+        encoding = (message.get("Transfer-Encoding") or "").lower()
+        self.chunked = encoding == "chunked"
+        self.chunk_left = None
+        length = message.get("Content-Length")
+        self.length = None
+        if not self.chunked and length is not None:
+            if not length.strip().isdigit():
+                raise http.client.HTTPException(f"bad Content-Length {length!r}")
+            self.length = int(length)
+        if self.status in (204, 304) or 100 <= self.status < 200:
+            self.length = 0
+        if self._head_only:
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True  # the body runs to the end of the connection
+
+    def _status(self) -> tuple[int, str, int]:
+        line = self._line()
+        if line is None:
+            raise http.client.RemoteDisconnected(
+                "the server closed the connection without answering"
+            )
+        version, _, rest = line.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
+            raise http.client.BadStatusLine(line)
+        return int(code), reason.strip(), 11 if version == "HTTP/1.1" else 10
+
+    def _fields(self) -> list[tuple[str, str]]:
+        fields: list[tuple[str, str]] = []
+        while True:
+            line = self._line()
+            if line is None:
+                raise http.client.IncompleteRead(b"", None)  # closed in the head
+            if not line:
+                return fields
+            if line[0] in " \t" and fields:  # an obsolete folded line
+                name, value = fields[-1]
+                fields[-1] = (name, f"{value} {line.strip()}")
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip():
+                raise http.client.HTTPException(f"bad header line {line!r}")
+            fields.append((name, value.strip()))
+            if len(fields) > _MAX_FIELDS:
+                raise http.client.HTTPException(f"over {_MAX_FIELDS} header fields")
+
+    def _line(self) -> str | None:
+        """One line of the head without its line end; None at the end of input."""
+        raw = self.fp.readline(_MAX_LINE + 1)
+        if len(raw) > _MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        if not raw:
+            return None
+        if not raw.endswith(b"\n"):
+            raise http.client.IncompleteRead(raw)  # closed inside the line
+        return raw.rstrip(b"\r\n").decode("latin-1")
 
 
 class PooledTransport(httpx.BaseTransport):
@@ -103,7 +177,7 @@ class PooledTransport(httpx.BaseTransport):
             raise
         return httpx.Response(
             response.status,
-            headers=response.getheaders(),
+            headers=response.fields,
             stream=_Body(self, key, connection, response, request),
             extensions={
                 "http_version": b"HTTP/1.1",
@@ -195,7 +269,7 @@ class _Body(httpx.SyncByteStream):
                 _fail(httpx.ReadTimeout, error, self._request)
             except http.client.IncompleteRead as error:
                 _fail(httpx.RemoteProtocolError, error, self._request)
-            except (http.client.HTTPException, OSError) as error:
+            except (http.client.HTTPException, OSError, ValueError) as error:
                 _fail(httpx.ReadError, error, self._request)
             if chunk:
                 yield chunk
@@ -222,7 +296,7 @@ class _Body(httpx.SyncByteStream):
 
 def _exchange(
     connection: http.client.HTTPConnection, request: httpx.Request
-) -> http.client.HTTPResponse:
+) -> _Response:
     """Send `request` on `connection` and read the response's head."""
     url = request.url
     target = url.raw_path.decode("ascii")
@@ -246,13 +320,15 @@ def _exchange(
     except OSError as error:
         _fail(httpx.WriteError, error, request)
     try:
-        return connection.getresponse()
+        response = connection.getresponse()
     except _STALE:
         raise
     except TimeoutError as error:
         _fail(httpx.ReadTimeout, error, request)
     except (http.client.HTTPException, OSError) as error:
         _fail(httpx.RemoteProtocolError, error, request)
+    assert isinstance(response, _Response)  # the connection's response_class
+    return response
 
 
 def _send_stream(
