@@ -6,6 +6,7 @@ version is, and where its children come from. No I/O.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from reconciler.desired import DesiredState, Image
@@ -56,8 +57,13 @@ class DesiredIndex:
         return Digest.of(self.content)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def source_reference(image: Image, version: str, platform: Platform) -> Reference:
-    """Where the platform manifest comes from: `source`, else the platform tag."""
+    """Where the platform manifest comes from: `source`, else the platform tag.
+
+    Kept: a plan asks several times for each, and each answer renders a
+    template and parses a reference.
+    """
     return image.source_ref(version, platform) or image.platform_ref(version, platform)
 
 
