@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from reconciler.registry import (
     ConnectionSettings,
     Credentials,
     PermissionDeniedError,
+    PooledTransport,
     RegistryClient,
     TLSError,
     blob_copy,
@@ -603,3 +607,83 @@ def test_token_refused_by_the_registry_is_renewed_once(
 
     assert found is not None
     assert token_service.request_count == 1
+
+
+class ConnectProxy:
+    """An HTTP proxy that tunnels CONNECT requests and records their targets."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        if method != "CONNECT":
+            client.sendall(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            client.close()
+            return
+        self.tunnels.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_https_proxy_from_the_environment_is_used(
+    registry_token: RegistryServer,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTPS_PROXY routes every request to the registry through the proxy."""
+    pushed = seed(registry_token, f"{namespace}/app", "1.0")
+    proxy = ConnectProxy()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    direct: list[object] = []
+    connect = PooledTransport._connect
+
+    def counted(self: PooledTransport, *args: Any) -> Any:
+        direct.append(args)
+        return connect(self, *args)
+
+    monkeypatch.setattr(PooledTransport, "_connect", counted)
+    try:
+        with client_for(registry_token) as client:
+            info = client.manifest_head(ref(registry_token, f"{namespace}/app:1.0"))
+    finally:
+        proxy.close()
+
+    assert info is not None
+    assert info.digest == Digest(pushed.digest)
+    assert registry_token.host in proxy.tunnels
+    assert direct == []  # no connection around the proxy

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from reconciler.registry._wire import PooledTransport
+from reconciler.registry._wire import PooledTransport, environment_proxy
 
 # One HTTP/1.1 exchange: the request head and body the server read, and what
 # it does next: (response bytes, whether to close the connection after).
@@ -302,3 +302,32 @@ def test_malformed_heads_are_protocol_errors(
         pytest.raises(httpx.RemoteProtocolError),
     ):
         _send(transport, "GET", server.url("/x"))
+
+
+@pytest.mark.parametrize(
+    ("environment", "url", "expected"),
+    [
+        ({}, "https://r.test", None),
+        ({"HTTPS_PROXY": "http://p:3128"}, "https://r.test", "http://p:3128"),
+        ({"HTTPS_PROXY": "p:3128"}, "https://r.test", "http://p:3128"),
+        ({"HTTPS_PROXY": "http://p:3128"}, "http://r.test:5000", None),
+        ({"ALL_PROXY": "http://p:3128"}, "http://r.test:5000", "http://p:3128"),
+        (
+            {"HTTPS_PROXY": "http://p:3128", "NO_PROXY": "r.test"},
+            "https://r.test:443",
+            None,
+        ),
+    ],
+)
+def test_proxy_named_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    environment: dict[str, str],
+    url: str,
+    expected: str | None,
+) -> None:
+    for name in ("HTTP", "HTTPS", "ALL", "NO"):
+        monkeypatch.delenv(f"{name}_PROXY", raising=False)
+        monkeypatch.delenv(f"{name.lower()}_proxy", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert environment_proxy(url) == expected

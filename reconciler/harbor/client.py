@@ -45,9 +45,9 @@ from reconciler.harbor.models import (
 )
 from reconciler.registry import (
     Credentials,
-    PooledTransport,
     RegistryError,
     RetryPolicy,
+    connection_pool,
 )
 from reconciler.registry._cookies import NoCookies
 from reconciler.registry._errors import (
@@ -100,8 +100,7 @@ class HarborClient:
             base_url=f"{settings.base_url}{API_PREFIX}",
             auth=_basic(credentials),
             cookies=NoCookies(),
-            transport=transport
-            or PooledTransport(settings.ssl_context(), timeout=timeout),
+            transport=transport or connection_pool(settings, timeout=timeout),
             timeout=httpx.Timeout(timeout, connect=10.0),
             follow_redirects=False,
         )

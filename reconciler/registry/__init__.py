@@ -21,7 +21,7 @@ from reconciler.registry._errors import (
 )
 from reconciler.registry._retry import RetryPolicy
 from reconciler.registry._settings import ConnectionSettings
-from reconciler.registry._wire import PooledTransport
+from reconciler.registry._wire import PooledTransport, connection_pool
 from reconciler.registry.client import FetchedManifest, ManifestInfo, RegistryClient
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "TLSError",
     "TooManyRequestsError",
     "blob_copy",
+    "connection_pool",
     "docker_config",
     "resolve_credentials",
 ]

@@ -15,10 +15,14 @@ import select
 import socket
 import ssl
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import httpx
+
+from reconciler.registry._settings import ConnectionSettings
 
 _CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
@@ -26,6 +30,32 @@ _MAX_FIELDS = 100
 # A reused connection that fails like this never reached the server's
 # handler: the server had closed it while it sat in the pool.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def connection_pool(
+    settings: ConnectionSettings, *, max_idle: int = 64, timeout: float = 30.0
+) -> httpx.BaseTransport:
+    """The transport for one registry: a `PooledTransport`, or, when the
+    environment sends the registry through a proxy (HTTPS_PROXY, HTTP_PROXY
+    or ALL_PROXY, less NO_PROXY), httpx's own transport through that proxy.
+    Its token service is reached the same way.
+    """
+    context = settings.ssl_context()
+    proxy = environment_proxy(settings.base_url)
+    if proxy is None:
+        return PooledTransport(context, max_idle=max_idle, timeout=timeout)
+    limits = httpx.Limits(max_connections=max_idle, max_keepalive_connections=max_idle)
+    return httpx.HTTPTransport(verify=context, proxy=proxy, limits=limits)
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url`, if any."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
 
 
 class _Response(http.client.HTTPResponse):

@@ -51,7 +51,7 @@ from reconciler.registry._transport_errors import (
     plain_http_to_tls_port,
     tls_port_error,
 )
-from reconciler.registry._wire import PooledTransport
+from reconciler.registry._wire import connection_pool
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class RegistryClient:
         # HTTP/1.1 on purpose: httpcore's HTTP/2 connection, shared by
         # threads, sent frames Go's server rejected with PROTOCOL_ERROR under
         # load, and one HTTP/2 connection per thread was slower (measured).
-        self._transport = transport or PooledTransport(
-            settings.ssl_context(), max_idle=max_connections, timeout=timeout
+        self._transport = transport or connection_pool(
+            settings, max_idle=max_connections, timeout=timeout
         )
         # Requests that follow redirects, and token requests, go through
         # httpx's client; the rest are handed to the transport directly.
