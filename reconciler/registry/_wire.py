@@ -1,22 +1,29 @@
-"""HTTP/1.1 keep-alive connections on the standard library, behind httpx's API.
+"""HTTP/1.1 keep-alive connections on plain sockets, behind httpx's API.
 
 The registry client sends thousands of small requests a run, and under the
-GIL their cost is the client's CPU: httpx's default transport (httpcore and
-h11) spent ~0.6 ms of it on each HEAD, `http.client` a fifth of that
-(measured, bench/). `PooledTransport` keeps httpx's request, response and
-error types, so the rest of the client, its retries and its error messages,
-and tests that swap in `httpx.MockTransport`, see no difference.
+GIL their cost is the client's CPU. Per HEAD against the test registry
+(bench/): httpx's default transport (httpcore, h11) cost 0.8-1.1 ms of it,
+the standard library's `http.client` 0.4-0.5 ms, and a socket with one
+buffered reader 0.1 ms. `PooledTransport` is the last, as an httpx
+transport: requests, responses and errors keep httpx's types, so the
+client's retries and error messages, and tests that swap in
+`httpx.MockTransport`, see no difference.
+
+It speaks only what registries need: one request at a time per connection,
+bodies framed by Content-Length, chunked, or the end of the connection, and
+strictness where a lenient reader would pass on damage: a head or body cut
+short, a malformed status line or field, a bad length are protocol errors.
 """
 
 from __future__ import annotations
 
-import http.client
 import select
 import socket
 import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import urlsplit
 
@@ -27,9 +34,9 @@ from reconciler.registry._settings import ConnectionSettings
 _CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
 _MAX_FIELDS = 100
-# A reused connection that fails like this never reached the server's
-# handler: the server had closed it while it sat in the pool.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_NO_BODY = frozenset({204, 304})
+
+Key = tuple[str, str, int]  # scheme, host, port
 
 
 def connection_pool(
@@ -58,86 +65,74 @@ def environment_proxy(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-class _Response(http.client.HTTPResponse):
-    """http.client's response, with a head parser of its own.
+class _Dropped(Exception):
+    """The server closed the connection before answering at all."""
 
-    `http.client` hands the head to the email package, which took a quarter
-    of the CPU of each HEAD (measured), and takes a line that ends at EOF for
-    a whole one, so a response cut off in its head would pass with a
-    truncated header. This parser is plain, and strict about both. Bodies
-    are read by http.client as before: it needs only the fields set here.
-    """
 
-    fields: list[tuple[str, str]]
+class _Malformed(Exception):
+    """The response breaks HTTP/1.1 framing; the message says how."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        debuglevel: int = 0,
-        method: str | None = None,
-        url: str | None = None,
-    ) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        self._head_only = method == "HEAD"
 
-    def begin(self) -> None:
-        if self.headers is not None:
-            return  # read already
-        status, reason, version = self._status()
-        while status == 100:  # an interim answer; the real one follows
-            self._fields()
-            status, reason, version = self._status()
-        self.status = self.code = status
-        self.reason = reason
-        self.version = version
-        self.fields = self._fields()
-        message = http.client.HTTPMessage()
-        for name, value in self.fields:
-            message.set_raw(name, value)
-        self.headers = self.msg = message
-        self._frame(message)
+class _Connection:
+    """One socket and its reader, carrying one exchange at a time."""
 
-    def _frame(self, message: http.client.HTTPMessage) -> None:
-        """How the body is delimited, and whether the connection ends with it."""
-        connection = (message.get("Connection") or "").lower()
-        if self.version == 11:
-            self.will_close = "close" in connection
-        else:
-            self.will_close = "keep-alive" not in connection
-        encoding = (message.get("Transfer-Encoding") or "").lower()
-        self.chunked = encoding == "chunked"
-        self.chunk_left = None
-        length = message.get("Content-Length")
-        self.length = None
-        if not self.chunked and length is not None:
-            if not length.strip().isdigit():
-                raise http.client.HTTPException(f"bad Content-Length {length!r}")
-            self.length = int(length)
-        if self.status in (204, 304) or 100 <= self.status < 200:
-            self.length = 0
-        if self._head_only:
-            self.length = 0
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True  # the body runs to the end of the connection
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = sock.makefile("rb")
 
-    def _status(self) -> tuple[int, str, int]:
+    def idle_and_open(self) -> bool:
+        """Whether the server has sent nothing since the last response.
+
+        Anything readable on an idle keep-alive connection is the server
+        closing it (EOF) or junk; either way it must not carry a request.
+        """
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def send(self, request: httpx.Request) -> None:
+        target = request.url.raw_path
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
+        lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
+        lines.append(b"\r\n")
+        stream = request.stream
+        if isinstance(stream, httpx.ByteStream):
+            # Not `request.content`: a redirected request has only its stream.
+            self.sock.sendall(b"".join([*lines, *stream]))
+            return
+        self.sock.sendall(b"".join(lines))
+        assert isinstance(stream, httpx.SyncByteStream)
+        chunked = request.headers.get("Transfer-Encoding") == "chunked"
+        for chunk in stream:
+            if chunk:
+                self.sock.sendall(
+                    b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                )
+        if chunked:
+            self.sock.sendall(b"0\r\n\r\n")
+
+    def head(self, method: str) -> _Head:
+        """Read the response's status line and fields (after any 1xx)."""
         line = self._line()
         if line is None:
-            raise http.client.RemoteDisconnected(
-                "the server closed the connection without answering"
-            )
-        version, _, rest = line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
-            raise http.client.BadStatusLine(line)
-        return int(code), reason.strip(), 11 if version == "HTTP/1.1" else 10
+            raise _Dropped("the server closed the connection without answering")
+        status, reason, version = _status(line)
+        while 100 <= status < 200:  # interim answers; the real one follows
+            self._fields()
+            status, reason, version = _status(self._line() or "")
+        fields = self._fields()
+        return _Head(status, reason, fields, _framing(method, status, version, fields))
 
     def _fields(self) -> list[tuple[str, str]]:
         fields: list[tuple[str, str]] = []
         while True:
             line = self._line()
             if line is None:
-                raise http.client.IncompleteRead(b"", None)  # closed in the head
+                raise _Malformed("the connection closed inside the response head")
             if not line:
                 return fields
             if line[0] in " \t" and fields:  # an obsolete folded line
@@ -146,21 +141,67 @@ class _Response(http.client.HTTPResponse):
                 continue
             name, colon, value = line.partition(":")
             if not colon or not name or name != name.strip():
-                raise http.client.HTTPException(f"bad header line {line!r}")
+                raise _Malformed(f"bad header line {line[:100]!r}")
             fields.append((name, value.strip()))
             if len(fields) > _MAX_FIELDS:
-                raise http.client.HTTPException(f"over {_MAX_FIELDS} header fields")
+                raise _Malformed(f"over {_MAX_FIELDS} header fields")
 
     def _line(self) -> str | None:
-        """One line of the head without its line end; None at the end of input."""
-        raw = self.fp.readline(_MAX_LINE + 1)
+        """A line without its line end; None at the end of input."""
+        raw = self.reader.readline(_MAX_LINE + 1)
         if len(raw) > _MAX_LINE:
-            raise http.client.LineTooLong("header line")
+            raise _Malformed(f"a line of the response head is over {_MAX_LINE} bytes")
         if not raw:
             return None
         if not raw.endswith(b"\n"):
-            raise http.client.IncompleteRead(raw)  # closed inside the line
+            raise _Malformed("the connection closed inside a line of the head")
         return raw.rstrip(b"\r\n").decode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class _Framing:
+    """How the body is delimited, and whether the connection ends with it."""
+
+    length: int | None  # None: chunked, or until the connection closes
+    chunked: bool
+    closes: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    status: int
+    reason: str
+    fields: list[tuple[str, str]]
+    framing: _Framing
+
+
+def _status(line: str) -> tuple[int, str, str]:
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise _Malformed(f"bad status line {line[:100]!r}")
+    return int(code), reason.strip(), version
+
+
+def _framing(
+    method: str, status: int, version: str, fields: list[tuple[str, str]]
+) -> _Framing:
+    named = {name.lower(): value for name, value in fields}
+    connection = named.get("connection", "").lower()
+    if version == "HTTP/1.1":
+        closes = "close" in connection
+    else:
+        closes = "keep-alive" not in connection
+    if method == "HEAD" or status in _NO_BODY:
+        return _Framing(0, False, closes)
+    if named.get("transfer-encoding", "").lower() == "chunked":
+        return _Framing(None, True, closes)
+    length = named.get("content-length")
+    if length is None:
+        return _Framing(None, False, True)  # the body runs to the end
+    if not length.strip().isdigit():
+        raise _Malformed(f"bad Content-Length {length[:40]!r}")
+    return _Framing(int(length), False, closes)
 
 
 class PooledTransport(httpx.BaseTransport):
@@ -178,7 +219,7 @@ class PooledTransport(httpx.BaseTransport):
         self._max_idle = max_idle
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._idle: dict[tuple[str, str, int], list[http.client.HTTPConnection]] = {}
+        self._idle: dict[Key, list[_Connection]] = {}
         self._lock = threading.Lock()
         self._closed = False
 
@@ -186,19 +227,19 @@ class PooledTransport(httpx.BaseTransport):
         key = _key(request.url)
         connection, reused = self._checkout(key, request)
         try:
-            response = _exchange(connection, request)
-        except _STALE as error:
+            head = _exchange(connection, request)
+        except _Dropped as error:
             connection.close()
             # Sent again only when nothing of it can have been handled, and
             # a body given as bytes can be sent twice.
             if not reused or not isinstance(request.stream, httpx.ByteStream):
-                _fail(_stale_kind(error), error, request)
+                _fail(httpx.RemoteProtocolError, error, request)
             connection = self._connect(key, request)
             try:
-                response = _exchange(connection, request)
-            except _STALE as again:
+                head = _exchange(connection, request)
+            except _Dropped as again:
                 connection.close()
-                _fail(_stale_kind(again), again, request)
+                _fail(httpx.RemoteProtocolError, again, request)
             except httpx.TransportError:
                 connection.close()
                 raise
@@ -206,12 +247,12 @@ class PooledTransport(httpx.BaseTransport):
             connection.close()
             raise
         return httpx.Response(
-            response.status,
-            headers=response.fields,
-            stream=_Body(self, key, connection, response, request),
+            head.status,
+            headers=head.fields,
+            stream=_Body(self, key, connection, head.framing, request),
             extensions={
                 "http_version": b"HTTP/1.1",
-                "reason_phrase": response.reason.encode("ascii", "replace"),
+                "reason_phrase": head.reason.encode("ascii", "replace"),
             },
             request=request,
         )
@@ -224,48 +265,39 @@ class PooledTransport(httpx.BaseTransport):
         for connection in idle:
             connection.close()
 
-    def _checkout(
-        self, key: tuple[str, str, int], request: httpx.Request
-    ) -> tuple[http.client.HTTPConnection, bool]:
-        with self._lock:
-            pool = self._idle.get(key)
-            while pool:
-                connection = pool.pop()
-                if _usable(connection):
-                    return connection, True
-                connection.close()
-        return self._connect(key, request), False
+    def _checkout(self, key: Key, request: httpx.Request) -> tuple[_Connection, bool]:
+        while True:
+            with self._lock:
+                pool = self._idle.get(key)
+                connection = pool.pop() if pool else None
+            if connection is None:
+                return self._connect(key, request), False
+            if connection.idle_and_open():
+                return connection, True
+            connection.close()
 
-    def _connect(
-        self, key: tuple[str, str, int], request: httpx.Request
-    ) -> http.client.HTTPConnection:
+    def _connect(self, key: Key, request: httpx.Request) -> _Connection:
         scheme, host, port = key
-        connection: http.client.HTTPConnection
-        if scheme == "https":
-            connection = http.client.HTTPSConnection(
-                host, port, timeout=self._connect_timeout, context=self._ssl_context
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                host, port, timeout=self._connect_timeout
-            )
         try:
-            connection.connect()
+            sock = socket.create_connection((host, port), self._connect_timeout)
         except TimeoutError as error:
-            connection.close()
-            raise httpx.ConnectTimeout(str(error), request=request) from error
-        except OSError as error:  # refused, unreachable, TLS (ssl.SSLError)
-            connection.close()
-            raise httpx.ConnectError(str(error), request=request) from error
-        connection.response_class = _Response
-        assert connection.sock is not None
-        connection.sock.settimeout(self._timeout)
-        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection
+            _fail(httpx.ConnectTimeout, error, request)
+        except OSError as error:  # refused, unreachable, unknown host
+            _fail(httpx.ConnectError, error, request)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == "https":
+                sock = self._ssl_context.wrap_socket(sock, server_hostname=host)
+        except TimeoutError as error:
+            sock.close()
+            _fail(httpx.ConnectTimeout, error, request)
+        except OSError as error:  # the TLS handshake (ssl.SSLError)
+            sock.close()
+            _fail(httpx.ConnectError, error, request)
+        sock.settimeout(self._timeout)
+        return _Connection(sock)
 
-    def _release(
-        self, key: tuple[str, str, int], connection: http.client.HTTPConnection
-    ) -> None:
+    def _release(self, key: Key, connection: _Connection) -> None:
         with self._lock:
             pool = self._idle.setdefault(key, [])
             if not self._closed and len(pool) < self._max_idle:
@@ -280,100 +312,100 @@ class _Body(httpx.SyncByteStream):
     def __init__(
         self,
         transport: PooledTransport,
-        key: tuple[str, str, int],
-        connection: http.client.HTTPConnection,
-        response: http.client.HTTPResponse,
+        key: Key,
+        connection: _Connection,
+        framing: _Framing,
         request: httpx.Request,
     ) -> None:
         self._transport = transport
         self._key = key
-        self._connection: http.client.HTTPConnection | None = connection
-        self._response = response
+        self._connection: _Connection | None = connection
+        self._framing = framing
         self._request = request
+        self._done = framing.length == 0
 
     def __iter__(self) -> Iterator[bytes]:
-        while True:
-            try:
-                chunk = self._response.read(_CHUNK)
-            except TimeoutError as error:
-                _fail(httpx.ReadTimeout, error, self._request)
-            except http.client.IncompleteRead as error:
-                _fail(httpx.RemoteProtocolError, error, self._request)
-            except (http.client.HTTPException, OSError, ValueError) as error:
-                _fail(httpx.ReadError, error, self._request)
-            if chunk:
-                yield chunk
-            elif self._response.length:  # http.client does not raise on this
-                raise httpx.RemoteProtocolError(
-                    f"connection closed with {self._response.length} bytes of "
-                    "the body still to come",
-                    request=self._request,
-                )
+        connection = self._connection
+        if connection is None or self._done:
+            return
+        try:
+            if self._framing.chunked:
+                yield from _chunked(connection)
+            elif self._framing.length is not None:
+                yield from _sized(connection, self._framing.length)
             else:
-                return
+                yield from iter(lambda: connection.reader.read1(_CHUNK), b"")
+        except TimeoutError as error:
+            _fail(httpx.ReadTimeout, error, self._request)
+        except _Malformed as error:
+            _fail(httpx.RemoteProtocolError, error, self._request)
+        except OSError as error:
+            _fail(httpx.ReadError, error, self._request)
+        self._done = True
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if self._response.isclosed() and not self._response.will_close:
+        if self._done and not self._framing.closes:
             self._transport._release(self._key, connection)
         else:
             # Unread body, or the server will close: the connection is done.
-            self._response.close()
             connection.close()
 
 
-def _exchange(
-    connection: http.client.HTTPConnection, request: httpx.Request
-) -> _Response:
+def _sized(connection: _Connection, length: int) -> Iterator[bytes]:
+    left = length
+    while left:
+        chunk = connection.reader.read1(min(left, _CHUNK))
+        if not chunk:
+            raise _Malformed(
+                f"connection closed with {left} bytes of the body still to come"
+            )
+        left -= len(chunk)
+        yield chunk
+
+
+def _chunked(connection: _Connection) -> Iterator[bytes]:
+    reader = connection.reader
+    while True:
+        line = reader.readline(_MAX_LINE + 1)
+        if not line.endswith(b"\n"):
+            raise _Malformed("the connection closed inside a chunk size")
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _Malformed(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
+                pass  # trailer fields, unused
+            return
+        yield from _sized(connection, size)
+        if reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n"):
+            raise _Malformed("a chunk does not end with a line end")
+
+
+def _exchange(connection: _Connection, request: httpx.Request) -> _Head:
     """Send `request` on `connection` and read the response's head."""
-    url = request.url
-    target = url.raw_path.decode("ascii")
     try:
-        connection.putrequest(
-            request.method, target, skip_host=True, skip_accept_encoding=True
-        )
-        for name, value in request.headers.raw:
-            connection.putheader(name.decode("latin-1"), value.decode("latin-1"))
-        chunked = request.headers.get("Transfer-Encoding") == "chunked"
-        if isinstance(request.stream, httpx.ByteStream):
-            # Not `request.content`: a redirected request has only its stream.
-            connection.endheaders(b"".join(request.stream) or None)
-        else:
-            connection.endheaders()
-            _send_stream(connection, request, chunked=chunked)
-    except _STALE:
-        raise
+        connection.send(request)
+    except (ConnectionResetError, BrokenPipeError) as error:
+        raise _Dropped(str(error)) from error
     except TimeoutError as error:
         _fail(httpx.WriteTimeout, error, request)
     except OSError as error:
         _fail(httpx.WriteError, error, request)
     try:
-        response = connection.getresponse()
-    except _STALE:
-        raise
+        return connection.head(request.method)
+    except ConnectionResetError as error:
+        raise _Dropped(str(error)) from error
     except TimeoutError as error:
         _fail(httpx.ReadTimeout, error, request)
-    except (http.client.HTTPException, OSError) as error:
+    except _Malformed as error:
         _fail(httpx.RemoteProtocolError, error, request)
-    assert isinstance(response, _Response)  # the connection's response_class
-    return response
-
-
-def _send_stream(
-    connection: http.client.HTTPConnection, request: httpx.Request, *, chunked: bool
-) -> None:
-    assert isinstance(request.stream, httpx.SyncByteStream)
-    for chunk in request.stream:
-        if not chunk:
-            continue
-        if chunked:
-            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        else:
-            connection.send(chunk)
-    if chunked:
-        connection.send(b"0\r\n\r\n")
+    except OSError as error:
+        _fail(httpx.ReadError, error, request)
 
 
 def _fail(
@@ -382,26 +414,6 @@ def _fail(
     raise kind(str(error) or type(error).__name__, request=request) from error
 
 
-def _stale_kind(error: BaseException) -> type[httpx.TransportError]:
-    if isinstance(error, http.client.RemoteDisconnected):
-        return httpx.RemoteProtocolError
-    return httpx.ReadError
-
-
-def _usable(connection: http.client.HTTPConnection) -> bool:
-    """An idle connection is usable while the server has sent nothing on it.
-
-    Anything readable on an idle keep-alive connection is the server closing
-    it (EOF) or junk; either way it must not carry the next request.
-    """
-    sock = connection.sock
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return not poller.poll(0)
-
-
-def _key(url: httpx.URL) -> tuple[str, str, int]:
+def _key(url: httpx.URL) -> Key:
     port = url.port or (443 if url.scheme == "https" else 80)
     return (url.scheme, url.host, port)
