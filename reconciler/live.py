@@ -141,14 +141,11 @@ class _Reader:
         listed = dict(zip(unseen, self.map(self._listed, unseen), strict=True))
         rest = [
             ref
-            for group in by_repository.values()
-            for ref in group
+            for ref in unique
             if ref not in found and _may_exist(ref, listed.get(ref.repository))
         ]
         found |= self._read(self.head, rest)
-        return {
-            ref: found.get(ref) for group in by_repository.values() for ref in group
-        }
+        return {ref: found.get(ref) for ref in unique}
 
     def get_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
         """Like `head_all`, reading the manifests too; the client keeps them."""
