@@ -192,15 +192,15 @@ def _framing(
         closes = "close" in connection
     else:
         closes = "keep-alive" not in connection
+    length = named.get("content-length")
+    if length is not None and not length.strip().isdigit():
+        raise _Malformed(f"bad Content-Length {length[:40]!r}")
     if method == "HEAD" or status in _NO_BODY:
         return _Framing(0, False, closes)
     if named.get("transfer-encoding", "").lower() == "chunked":
         return _Framing(None, True, closes)
-    length = named.get("content-length")
     if length is None:
         return _Framing(None, False, True)  # the body runs to the end
-    if not length.strip().isdigit():
-        raise _Malformed(f"bad Content-Length {length[:40]!r}")
     return _Framing(int(length), False, closes)
 
 
