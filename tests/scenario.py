@@ -141,3 +141,18 @@ images:
         """Replace the run's host and namespace, for golden files."""
         text = text.replace(self.server.host, "registry.test")
         return re.sub(re.escape(self.namespace), "library/ns", text)
+
+
+def with_own_cache(
+    server: RegistryServer,
+    workdir: Path,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Scenario:
+    """The seed scenario, seeded and written, with an empty fact cache of its own."""
+    monkeypatch.setenv("RECONCILER_CACHE_DIR", str(workdir / "cache"))
+    monkeypatch.delenv("RECONCILER_NO_CACHE", raising=False)
+    scenario = Scenario(server, workdir, namespace)
+    scenario.seed()
+    scenario.write_desired()
+    return scenario

@@ -15,7 +15,7 @@ from reconciler.oci import DOCKER_MANIFEST, Descriptor, Digest, Platform
 from reconciler.testkit.registry import RegistryServer
 from reconciler.testkit.tokens import TokenService
 
-from .scenario import Scenario
+from .scenario import Scenario, with_own_cache
 
 ARM64 = Platform("linux", "arm64", "v8")
 DIGEST = Digest.of(b"an image manifest")
@@ -174,11 +174,7 @@ def applied(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Scenario:
     """The seed scenario applied, with the cache in a folder of the test's own."""
-    monkeypatch.setenv("RECONCILER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("RECONCILER_NO_CACHE", raising=False)
-    scenario = Scenario(registry_token, tmp_path, namespace)
-    scenario.seed()
-    scenario.write_desired()
+    scenario = with_own_cache(registry_token, tmp_path, namespace, monkeypatch)
     result = scenario.run("apply", "--auto-approve")
     assert result.exit_code == 0, result.output
     return scenario

@@ -9,7 +9,7 @@ import pytest
 from reconciler.testkit.registry import AccessEntry, RegistryServer
 from reconciler.testkit.tokens import TokenService
 
-from .scenario import IMAGE, VERSIONS, Scenario
+from .scenario import IMAGE, VERSIONS, Scenario, with_own_cache
 
 pytestmark = pytest.mark.registry
 
@@ -22,12 +22,7 @@ def scenario(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Scenario:
     """The seed scenario, not applied, with an empty cache of its own."""
-    monkeypatch.setenv("RECONCILER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("RECONCILER_NO_CACHE", raising=False)
-    scenario = Scenario(registry_token, tmp_path, namespace)
-    scenario.seed()
-    scenario.write_desired()
-    return scenario
+    return with_own_cache(registry_token, tmp_path, namespace, monkeypatch)
 
 
 def requests(scenario: Scenario, mark: int, where: str) -> list[AccessEntry]:
