@@ -323,3 +323,24 @@ def test_proxy_named_by_the_environment(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert environment_proxy(url) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\nok\r\n0\r\n\r\n",  # not a hexadecimal size
+        b"4\r\nok",  # the connection closes inside a chunk
+        b"2\r\nokXX1\r\n!\r\n0\r\n\r\n",  # a chunk runs past its size
+        b"2\r\nok\r\n",  # the connection closes before the last chunk
+    ],
+    ids=["bad-size", "cut-inside", "overlong", "no-last-chunk"],
+)
+def test_broken_chunked_bodies_are_protocol_errors(
+    transport: PooledTransport, body: bytes
+) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    with (
+        serving(lambda *_: (answer, True)) as server,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        _send(transport, "GET", server.url("/v2/x/tags/list"))
