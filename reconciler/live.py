@@ -18,6 +18,7 @@ per token request, before the HEADs start.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from reconciler.plan._build import (
 )
 from reconciler.plan.state import LiveState
 from reconciler.registries import Registries
-from reconciler.registry import IntegrityError, RegistryError
+from reconciler.registry import IntegrityError, ManifestInfo, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ R = TypeVar("R")
 # Measured (bench/): 8 beat 4, 16 and 32 on 2 cores while the client spent
 # ~1 ms of CPU a request; at ~0.7 ms, 8, 16, 32 and 64 are within noise.
 DEFAULT_WORKERS = 8
+# HEADs sent back to back on one connection (HTTP/1.1 pipelining).
+PIPELINE = 16
 
 
 @dataclass
@@ -136,7 +139,7 @@ class _Reader:
         for ref in unique:
             by_repository.setdefault(ref.repository, []).append(ref)
         probes = [group[0] for group in by_repository.values() if len(group) > 2]
-        found = self._read(self.head, probes)
+        found = self._heads(probes)
         unseen = [probe.repository for probe in probes if found[probe] is None]
         listed = dict(zip(unseen, self.map(self._listed, unseen), strict=True))
         rest = [
@@ -144,25 +147,38 @@ class _Reader:
             for ref in unique
             if ref not in found and _may_exist(ref, listed.get(ref.repository))
         ]
-        found |= self._read(self.head, rest)
+        found |= self._heads(rest)
         return {ref: found.get(ref) for ref in unique}
+
+    def _heads(self, refs: list[Reference]) -> dict[Reference, Descriptor | None]:
+        """HEAD `refs`, `PIPELINE` at a time on a connection."""
+        batches = []
+        for _, same_host in itertools.groupby(refs, key=lambda ref: ref.registry):
+            group = tuple(same_host)
+            batches += [group[i : i + PIPELINE] for i in range(0, len(group), PIPELINE)]
+        read = self.map(self._head_batch, batches)
+        return {
+            ref: found
+            for batch, descriptors in zip(batches, read, strict=True)
+            for ref, found in zip(batch, descriptors, strict=True)
+        }
+
+    def _head_batch(self, refs: tuple[Reference, ...]) -> list[Descriptor | None]:
+        client = self._registries.client(refs[0].registry)
+        return [
+            None
+            if info is None
+            else Descriptor(info.media_type, info.digest, info.size)
+            for info in client.manifest_heads(refs)
+        ]
 
     def get_all(self, refs: Iterable[Reference]) -> dict[Reference, Descriptor | None]:
         """Like `head_all`, reading the manifests too; the client keeps them."""
         return self._read(self.get, sorted(set(refs)))
 
-    def head(self, ref: Reference) -> Descriptor | None:
-        info = self._registries.client(ref.registry).manifest_head(ref)
-        if info is None:
-            return None
-        return Descriptor(info.media_type, info.digest, info.size)
-
     def get(self, ref: Reference) -> Descriptor | None:
         fetched = self._registries.client(ref.registry).manifest_find(ref)
-        if fetched is None:
-            return None
-        info = fetched.info
-        return Descriptor(info.media_type, info.digest, info.size)
+        return None if fetched is None else _described(fetched.info)
 
     def _read(
         self,
@@ -203,6 +219,10 @@ class _Reader:
     def _get(self, repository: Repository, digest: Digest) -> ImageManifest | Index:
         client = self._registries.client(repository.registry)
         return client.manifest_get(repository.digest(digest)).manifest
+
+
+def _described(info: ManifestInfo | None) -> Descriptor | None:
+    return None if info is None else Descriptor(info.media_type, info.digest, info.size)
 
 
 def _sources(desired: DesiredState) -> set[Reference]:

@@ -687,3 +687,53 @@ def test_https_proxy_from_the_environment_is_used(
     assert info.digest == Digest(pushed.digest)
     assert registry_token.host in proxy.tunnels
     assert direct == []  # no connection around the proxy
+
+
+def test_pipelined_heads_answer_as_single_heads(
+    registry: RegistryServer, namespace: str
+) -> None:
+    """manifest_heads gives what manifest_head gives, one HEAD per reference."""
+    pushed = [seed(registry, f"{namespace}/app", tag) for tag in ("1.0", "2.0")]
+    refs = [
+        ref(registry, f"{namespace}/app:{tag}")
+        for tag in ("1.0", "nope", "2.0", "gone")
+    ]
+    mark = registry.mark()
+
+    with client_for(registry) as client:
+        piped = client.manifest_heads(refs)
+    with client_for(registry) as client:
+        single = [client.manifest_head(r) for r in refs]
+
+    assert piped == single
+    assert [info.digest if info else None for info in piped] == [
+        Digest(pushed[0].digest),
+        None,
+        Digest(pushed[1].digest),
+        None,
+    ]
+    heads = registry.count("HEAD", rf"/v2/{namespace}/app/manifests/.+", since=mark)
+    assert heads == 2 * len(refs)
+
+
+def test_pipelined_heads_refused_401_are_sent_again_with_a_new_token(
+    registry_token: RegistryServer, token_service: TokenService, namespace: str
+) -> None:
+    """A pipeline answered 401 (an expired token) ends like single HEADs: renewed."""
+    pushed = seed(registry_token, f"{namespace}/app", "1.0")
+    refs = [ref(registry_token, f"{namespace}/app:{tag}") for tag in ("1.0", "2.0")]
+    with client_for(registry_token) as client:
+        token_service.clock_offset = -(token_service.expires_in + 180)
+        try:
+            client.prefetch_tokens([refs[0].repository])  # expired on arrival
+        finally:
+            token_service.clock_offset = 0
+        token_service.clear_requests()
+
+        found = client.manifest_heads(refs)
+
+    assert [info.digest if info else None for info in found] == [
+        Digest(pushed.digest),
+        None,
+    ]
+    assert token_service.request_count == 1

@@ -344,3 +344,58 @@ def test_broken_chunked_bodies_are_protocol_errors(
         pytest.raises(httpx.RemoteProtocolError),
     ):
         _send(transport, "GET", server.url("/v2/x/tags/list"))
+
+
+def _heads(server: Server, count: int) -> list[httpx.Request]:
+    return [
+        httpx.Request("HEAD", server.url(f"/v2/x/manifests/{i}")) for i in range(count)
+    ]
+
+
+def test_pipelined_heads_share_one_connection(transport: PooledTransport) -> None:
+    """HEADs sent back to back are answered in order, on one connection."""
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        tag = head.split(b" ")[1].rsplit(b"/", 1)[1]
+        return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nContent-Length: 9\r\n\r\n" % tag, False
+
+    with serving(handler) as server:
+        answers = transport.pipeline(_heads(server, 5))
+        again = transport.pipeline(_heads(server, 2))  # the connection is reused
+
+    assert [a.headers["X-Tag"] if a else None for a in answers] == list("01234")
+    assert [a.status_code if a else None for a in again] == [200, 200]
+    assert server.connections == 1
+    assert len(server.requests) == 7
+
+
+@pytest.mark.parametrize(
+    "third",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",  # and the server hangs up
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:9e",
+    ],
+    ids=["closed", "says-close", "garbage", "cut"],
+)
+def test_pipeline_stops_at_the_first_answer_that_does_not_come_whole(
+    transport: PooledTransport, third: bytes
+) -> None:
+    """Answers before the break are kept; the rest are None, for a resend."""
+    served: list[int] = []
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        served.append(0)
+        if len(served) < 3:
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False
+        return third, True
+
+    with serving(handler) as server:
+        answers = transport.pipeline(_heads(server, 5))
+
+    statuses = [a.status_code if a else None for a in answers]
+    if b"200 OK\r\nC" in third:
+        assert statuses == [404, 404, 200, None, None]
+    else:
+        assert statuses == [404, 404, None, None, None]

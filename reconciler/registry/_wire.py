@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -95,16 +95,12 @@ class _Connection:
         self.sock.close()
 
     def send(self, request: httpx.Request) -> None:
-        target = request.url.raw_path
-        lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), target)]
-        lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
-        lines.append(b"\r\n")
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             # Not `request.content`: a redirected request has only its stream.
-            self.sock.sendall(b"".join([*lines, *stream]))
+            self.sock.sendall(b"".join([_head_of(request), *stream]))
             return
-        self.sock.sendall(b"".join(lines))
+        self.sock.sendall(_head_of(request))
         assert isinstance(stream, httpx.SyncByteStream)
         chunked = request.headers.get("Transfer-Encoding") == "chunked"
         for chunk in stream:
@@ -246,16 +242,40 @@ class PooledTransport(httpx.BaseTransport):
         except httpx.TransportError:
             connection.close()
             raise
-        return httpx.Response(
-            head.status,
-            headers=head.fields,
-            stream=_Body(self, key, connection, head.framing, request),
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": head.reason.encode("ascii", "replace"),
-            },
-            request=request,
-        )
+        body = _Body(self, key, connection, head.framing, request)
+        return _response(head, body, request)
+
+    def pipeline(
+        self, requests: Sequence[httpx.Request]
+    ) -> list[httpx.Response | None]:
+        """Send bodiless HEAD `requests` to one host back to back on one
+        connection, then read their answers in order (HTTP/1.1 pipelining).
+
+        Registries answer each request alone; what pipelining saves is the
+        round trip and the wake-up between one answer and the next request.
+        An answer that does not come (the connection closed, was cut, or
+        said it closes) is None, as are all after it: the caller sends
+        those again the usual way, with its retries and error reporting.
+        """
+        if not requests:
+            return []
+        assert all(r.method == "HEAD" for r in requests)
+        key = _key(requests[0].url)
+        connection, _ = self._checkout(key, requests[0])
+        answers: list[httpx.Response | None] = [None] * len(requests)
+        try:
+            connection.sock.sendall(b"".join(_head_of(r) for r in requests))
+            for i, request in enumerate(requests):
+                head = connection.head("HEAD")
+                answers[i] = _response(head, httpx.ByteStream(b""), request)
+                if head.framing.closes:
+                    connection.close()
+                    return answers
+        except (_Dropped, _Malformed, OSError):
+            connection.close()
+            return answers
+        self._release(key, connection)
+        return answers
 
     def close(self) -> None:
         with self._lock:
@@ -384,6 +404,29 @@ def _chunked(connection: _Connection) -> Iterator[bytes]:
         yield from _sized(connection, size)
         if reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n"):
             raise _Malformed("a chunk does not end with a line end")
+
+
+def _head_of(request: httpx.Request) -> bytes:
+    """The request line and fields, ready to send."""
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)]
+    lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _response(
+    head: _Head, stream: httpx.SyncByteStream, request: httpx.Request
+) -> httpx.Response:
+    return httpx.Response(
+        head.status,
+        headers=head.fields,
+        stream=stream,
+        extensions={
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": head.reason.encode("ascii", "replace"),
+        },
+        request=request,
+    )
 
 
 def _exchange(connection: _Connection, request: httpx.Request) -> _Head:

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -51,7 +51,7 @@ from reconciler.registry._transport_errors import (
     plain_http_to_tls_port,
     tls_port_error,
 )
-from reconciler.registry._wire import connection_pool
+from reconciler.registry._wire import PooledTransport, connection_pool
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,43 @@ class RegistryClient:
             headers={"Accept": MANIFEST_ACCEPT},
             allow=(404,),
         )
+        return self._head_info(ref, reply)
+
+    def manifest_heads(self, refs: Sequence[Reference]) -> list[ManifestInfo | None]:
+        """`manifest_head` of each of `refs`, HTTP/1.1-pipelined where it can be.
+
+        The HEADs go out back to back on one connection. Any of them not
+        answered 200 or 404 by then (a 401, a 429, a dropped connection) is
+        sent again alone, with the usual retries and errors.
+        """
+        if not isinstance(self._transport, PooledTransport) or len(refs) < 2:
+            return [self.manifest_head(ref) for ref in refs]
+        try:
+            self._ensure_pinged()
+            requests = [self._head_request(ref) for ref in refs]
+        except (RegistryError, httpx.TransportError):
+            # Told the usual way, by the first HEAD that meets it.
+            return [self.manifest_head(ref) for ref in refs]
+        answers = self._transport.pipeline(requests)
+        logger.debug("pipelined %d HEADs", len(requests))
+        infos: list[ManifestInfo | None] = []
+        for ref, answer in zip(refs, answers, strict=True):
+            if answer is None or answer.status_code not in (200, 404):
+                infos.append(self.manifest_head(ref))
+            else:
+                infos.append(self._head_info(ref, _reply(answer, b"")))
+        return infos
+
+    def _head_request(self, ref: Reference) -> httpx.Request:
+        scopes = {ref.repository.path: _PULL}
+        headers = {
+            "User-Agent": _USER_AGENT,
+            "Accept": MANIFEST_ACCEPT,
+            **self._auth.header(scopes, scopes),
+        }
+        return httpx.Request("HEAD", self._manifest_url(ref), headers=headers)
+
+    def _head_info(self, ref: Reference, reply: Reply) -> ManifestInfo | None:
         if reply.status == 404:
             return None
         digest = _header_digest(ref, reply)
