@@ -445,15 +445,17 @@ def test_tls_registry_configured_insecure_says_it_speaks_https(
     assert "speaks HTTPS" in str(caught.value)
 
 
-def test_refused_connection_names_host_and_fails_fast() -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_refused_connection_names_host_and_fails_fast(pipelined: bool) -> None:
     """Nothing listening is reported at once, with the host."""
     host = f"127.0.0.1:{free_port()}"
+    address = Reference.parse(f"{host}/library/app:1")
 
     with (
         RegistryClient(ConnectionSettings(host), retry=FAST_RETRY) as client,
         pytest.raises(ConnectionFailedError) as caught,
     ):
-        client.manifest_head(Reference.parse(f"{host}/library/app:1"))
+        client.manifest_heads([address] * (2 if pipelined else 1))
 
     assert host in str(caught.value)
     assert "refused" in str(caught.value)

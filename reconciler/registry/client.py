@@ -179,7 +179,10 @@ class RegistryClient:
         except (RegistryError, httpx.TransportError):
             # Told the usual way, by the first HEAD that meets it.
             return [self.manifest_head(ref) for ref in refs]
-        answers = self._transport.pipeline(requests)
+        try:
+            answers = self._transport.pipeline(requests)
+        except httpx.TransportError:  # no connection: each HEAD tells why
+            answers = [None] * len(requests)
         logger.debug("pipelined %d HEADs", len(requests))
         infos: list[ManifestInfo | None] = []
         for ref, answer in zip(refs, answers, strict=True):
