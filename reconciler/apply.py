@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from reconciler.errors import ApplyError, ReconcilerError
 from reconciler.harbor import ProjectExistsError, explain_registry_error
+from reconciler.live import read_digests
 from reconciler.oci import Descriptor, Digest, ImageManifest, Reference, Repository
 from reconciler.plan import Action, Change, Kind, Plan, ProjectChange
 from reconciler.registries import Registries
@@ -51,20 +52,25 @@ class ApplyReport:
     bytes_uploaded: int = 0
 
 
-def check_stale(plan: Plan, registries: Registries, workers: int = 32) -> None:
+def check_stale(plan: Plan, registries: Registries) -> None:
     """Raise "plan is stale" when any observed address moved since planning.
 
-    An address in a project the plan creates is absent while Harbor still
-    lacks the project; Harbor would refuse even a HEAD there.
+    The addresses are read as a plan reads them (`read_digests`). An address
+    in a project the plan creates is absent while Harbor still lacks the
+    project; Harbor would refuse even a HEAD there, so it is not read.
     """
-    addresses = sorted(plan.observed)
     missing = _still_missing(plan.projects, registries)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
-        now = list(pool.map(lambda a: _digest_now(registries, a, missing), addresses))
+    refs = {address: Reference.parse(address) for address in sorted(plan.observed)}
+    readable = [
+        ref
+        for ref in refs.values()
+        if not any(project.holds(ref) for project in missing)
+    ]
+    now = read_digests(registries, readable)
     moved = [
-        (address, plan.observed[address], digest)
-        for address, digest in zip(addresses, now, strict=True)
-        if digest != plan.observed[address]
+        (address, plan.observed[address], now.get(ref))
+        for address, ref in refs.items()
+        if now.get(ref) != plan.observed[address]
     ]
     if moved:
         raise ApplyError(_stale_message(moved), hint="run reconciler plan again")
@@ -330,16 +336,6 @@ def _depends_on(change: Change, other: Planned) -> bool:
     if change.kind is Kind.ALIAS:
         return change.target == other.address
     return False
-
-
-def _digest_now(
-    registries: Registries, address: str, missing: Iterable[ProjectChange]
-) -> Digest | None:
-    ref = Reference.parse(address)
-    if any(project.holds(ref) for project in missing):
-        return None  # as at plan time: Harbor would refuse even to look
-    info = registries.client(ref.registry).manifest_head(ref)
-    return info.digest if info else None
 
 
 def _still_missing(

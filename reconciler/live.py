@@ -105,6 +105,25 @@ def read_live(
     return facts.freeze()
 
 
+def read_digests(
+    registries: Registries,
+    refs: Iterable[Reference],
+    *,
+    workers: int = DEFAULT_WORKERS,
+) -> dict[Reference, Digest | None]:
+    """What each of `refs` points at now, each read with one HEAD.
+
+    Read as a plan reads: tokens for every repository asked for up front,
+    many repositories per token request, then the HEADs pipelined.
+    """
+    unique = sorted(set(refs))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
+        reader = _Reader(registries, pool, FactCache.disabled())
+        reader.prefetch_tokens(unique)
+        found = reader.heads(unique)
+    return {ref: None if d is None else d.digest for ref, d in found.items()}
+
+
 class _Reader:
     """Reads through the registries, many at once."""
 
@@ -139,7 +158,7 @@ class _Reader:
         for ref in unique:
             by_repository.setdefault(ref.repository, []).append(ref)
         probes = [group[0] for group in by_repository.values() if len(group) > 2]
-        found = self._heads(probes)
+        found = self.heads(probes)
         unseen = [probe.repository for probe in probes if found[probe] is None]
         listed = dict(zip(unseen, self.map(self._listed, unseen), strict=True))
         rest = [
@@ -147,11 +166,11 @@ class _Reader:
             for ref in unique
             if ref not in found and _may_exist(ref, listed.get(ref.repository))
         ]
-        found |= self._heads(rest)
+        found |= self.heads(rest)
         return {ref: found.get(ref) for ref in unique}
 
-    def _heads(self, refs: list[Reference]) -> dict[Reference, Descriptor | None]:
-        """HEAD `refs`, `PIPELINE` at a time on a connection."""
+    def heads(self, refs: list[Reference]) -> dict[Reference, Descriptor | None]:
+        """HEAD `refs` (sorted), `PIPELINE` at a time on a connection."""
         batches = []
         for _, same_host in itertools.groupby(refs, key=lambda ref: ref.registry):
             group = tuple(same_host)

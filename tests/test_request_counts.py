@@ -85,3 +85,30 @@ def test_new_version_of_an_existing_image_lists_no_tags(scenario: Scenario) -> N
     target = kinds(requests(scenario, mark, "target"))
     assert "GET tags" not in target
     assert target["HEAD manifests"] == len(VERSIONS) * 3 + 2
+
+
+def test_saved_plan_is_checked_with_one_head_an_address_and_batched_tokens(
+    scenario: Scenario, token_service: TokenService, tmp_path: Path
+) -> None:
+    """Applying a saved plan reads each address it observed with one HEAD,
+    and asks the tokens for all repositories together, as a plan does:
+    the new process holds no token yet."""
+    scenario.write_desired(versions=VERSIONS[:-1])
+    applied = scenario.run("apply", "--auto-approve")
+    assert applied.exit_code == 0, applied.output
+    scenario.write_desired()
+    saved = tmp_path / "saved.plan"
+    planned = scenario.run("plan", "--out", str(saved))
+    assert planned.exit_code == 0, planned.output
+    mark = scenario.server.mark()
+    token_service.clear_requests()
+
+    result = scenario.run("apply", "--plan", str(saved))
+
+    assert result.exit_code == 0, result.output
+    sources = kinds(requests(scenario, mark, "source"))
+    assert sources["HEAD manifests"] == len(VERSIONS) * 2
+    target = kinds(requests(scenario, mark, "target"))
+    assert target["HEAD manifests"] == len(VERSIONS) * 3 + 2
+    # one token to read the target and both sources, one to push and mount
+    assert token_service.request_count == 2
