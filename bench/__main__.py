@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._child import GNU_TIME, Run, run_measured
+from bench._child import GNU_TIME, Run, process_cpu_seconds, run_measured
 from bench._fleet import Fleet, Seeder, write_desired
 from bench._floor import floor
 from bench._legacy import LegacyRun, legacy_flow
@@ -92,6 +92,8 @@ class Counted:
     heads: int
     tokens: int
     uploads: int
+    registry_cpu: float
+    """CPU seconds the registry spent meanwhile (on every request it served)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,6 +309,26 @@ def _print_cold_apply(
         f"  speed-up                  {old.best / mine.best:6.1f}x "
         f"({old.median / mine.median:.1f}x)"
     )
+    fastest = min(ours, key=lambda counted: counted.run.seconds)
+    print(f"  where the fastest apply's time went: {_cpu_split(fastest)}")
+
+
+def _cpu_split(counted: Counted) -> str:
+    """The CPU the registry and the reconciler spent, against what the cores had.
+
+    When the two together come near the cores' time, the run is bound by
+    CPU on this machine, and the registry's share says how much of it no
+    client can save.
+    """
+    cores = os.cpu_count() or 1
+    had = counted.run.seconds * cores
+    used = counted.registry_cpu + counted.run.cpu_seconds
+    per_request = counted.registry_cpu / max(counted.requests, 1) * 1000
+    return (
+        f"registry CPU {counted.registry_cpu:.1f} s ({per_request:.1f} ms a "
+        f"request), reconciler CPU {counted.run.cpu_seconds:.1f} s; "
+        f"{used / had:.0%} of the {cores} cores' {had:.1f} s"
+    )
 
 
 # No-op plans ------------------------------------------------------------------
@@ -425,7 +447,7 @@ def _print_requests(
         f"  warm cache: {warm.heads} HEAD + {warm.requests - warm.heads} other "
         f"registry requests + {warm.tokens} token requests = "
         f"{warm.requests + warm.tokens}; minimum {refs} HEAD + {warm.tokens} "
-        f"tokens = {minimum} (+{over:.2f}%)"
+        f"tokens = {minimum} (+{over:.2f}%); {_cpu_split(warm)}"
     )
     print(
         f"  cold cache: {cold.requests} registry requests ({cold.heads} HEAD) + "
@@ -472,7 +494,9 @@ def _reconciler(
     mark = stack.registry.mark()
     tokens = stack.tokens.request_count
     env = _env(stack, cache, folder.parent, source)
+    registry_cpu = _registry_cpu(stack)
     run = run_measured(_command(folder, *args), env=env, cwd=source)
+    registry_cpu = _registry_cpu(stack) - registry_cpu
     if check:
         run.check(f"reconciler {' '.join(args)} in {folder}")
     log = stack.registry.access_log(since=mark)
@@ -482,7 +506,15 @@ def _reconciler(
         heads=sum(1 for entry in log if entry.method == "HEAD"),
         tokens=stack.tokens.request_count - tokens,
         uploads=sum(1 for entry in log if entry.is_blob_upload),
+        registry_cpu=registry_cpu,
     )
+
+
+def _registry_cpu(stack: Stack) -> float:
+    pid = stack.registry.pid
+    if pid is None:
+        raise RuntimeError("the registry is not running")
+    return process_cpu_seconds(pid)
 
 
 def _command(folder: Path, *args: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -15,9 +16,10 @@ GNU_TIME = "/usr/bin/time"  # Debian's "time" package
 
 @dataclass(frozen=True)
 class Run:
-    """How a child process went: wall time, peak RSS, exit code and output."""
+    """How a child process went: wall time, CPU, peak RSS, exit code, output."""
 
     seconds: float
+    cpu_seconds: float
     max_rss_mb: float
     returncode: int
     stdout: str
@@ -53,7 +55,7 @@ def run_measured(
     ):
         started = time.monotonic()
         process = subprocess.run(
-            [GNU_TIME, "--format=%M", f"--output={rss.name}", *args],
+            [GNU_TIME, "--format=%U %S %M", f"--output={rss.name}", *args],
             env=None if env is None else dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -62,19 +64,36 @@ def run_measured(
             check=False,
         )
         seconds = time.monotonic() - started
+        cpu, max_rss_kib = _usage(rss.read())
         return Run(
             seconds=seconds,
-            max_rss_mb=_kib(rss.read()) / 1024,
+            cpu_seconds=cpu,
+            max_rss_mb=max_rss_kib / 1024,
             returncode=process.returncode,
             stdout=_read(out),
             stderr=_read(err),
         )
 
 
-def _kib(text: str) -> int:
-    """The last line of GNU time's output: max RSS in KiB."""
+def _usage(text: str) -> tuple[float, int]:
+    """The last line of GNU time's output: user + system seconds, max RSS in KiB.
+
+    Lines before it are GNU time's notes, such as a child's exit status.
+    """
     lines = text.strip().splitlines()
-    return int(lines[-1]) if lines and lines[-1].isdigit() else 0
+    fields = lines[-1].split() if lines else []
+    if len(fields) != 3:
+        return 0.0, 0
+    user, system, rss = fields
+    return float(user) + float(system), int(rss)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a running process has used so far (Linux)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read(file: IO[bytes]) -> str:

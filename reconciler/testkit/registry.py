@@ -241,6 +241,12 @@ class RegistryServer:
         """Whether the registry process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The registry's process ID while it runs (benchmarks read its CPU)."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
     def credentials(self, username: str) -> tuple[str, str]:
         """Return ``(username, password)`` for one of `users`."""
         return username, self.users[username]
