@@ -116,12 +116,19 @@ def read_digests(
     Read as a plan reads: tokens for every repository asked for up front,
     many repositories per token request, then the HEADs pipelined.
     """
-    unique = sorted(set(refs))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read") as pool:
-        reader = _Reader(registries, pool, FactCache.disabled())
-        reader.prefetch_tokens(unique)
-        found = reader.heads(unique)
+        found = read_descriptors(registries, refs, pool)
     return {ref: None if d is None else d.digest for ref, d in found.items()}
+
+
+def read_descriptors(
+    registries: Registries, refs: Iterable[Reference], pool: ThreadPoolExecutor
+) -> dict[Reference, Descriptor | None]:
+    """What each of `refs` points at, read as in `read_digests` on `pool`."""
+    unique = sorted(set(refs))
+    reader = _Reader(registries, pool, FactCache.disabled())
+    reader.prefetch_tokens(unique)
+    return reader.heads(unique)
 
 
 class _Reader:

@@ -29,6 +29,7 @@ from reconciler.testkit.harbor import HarborAccount, HarborProject, HarborStandI
 from reconciler.testkit.images import manifest_get, push_index
 from reconciler.testkit.pki import TestPKI
 from reconciler.testkit.registry import RegistryServer
+from reconciler.testkit.tokens import TokenService
 
 from .scenario import IMAGE, VERSIONS, Scenario
 
@@ -425,6 +426,25 @@ def test_artifact_reader_plans_exactly_as_the_v2_reader(
         assert harbor["v2"] + harbor["api"] < plain["v2"]
     with capsys.disabled():
         print(f"\n  {make.__name__}: artifact API {harbor}, /v2 only {plain}")
+
+
+def test_artifact_reader_heads_ride_on_tokens_asked_together(
+    full_fleet: Fleet, token_service: TokenService
+) -> None:
+    """The HEADs the artifact reader still sends through /v2 (the exact size
+    of each source image) come with one token request for all their
+    repositories, not one request per repository, and one HEAD an image.
+    """
+    make_converged(full_fleet)
+    full_fleet.harbor.clear_requests()
+    token_service.clear_requests()
+
+    assert full_fleet.run("plan", "--detailed-exitcode").exit_code == 0
+
+    heads = [r for r in full_fleet.harbor.requests if r.method == "HEAD"]
+    assert len(heads) == 2 * len(VERSIONS)  # amd64 and arm64 sources
+    assert len({head.path.split("/manifests/")[0] for head in heads}) == 2
+    assert token_service.request_count == 1
 
 
 # Pruning with Harbor's tag API ------------------------------------------------------

@@ -42,7 +42,7 @@ from reconciler.desired import DesiredState
 from reconciler.harbor.errors import ProjectNotFoundError
 from reconciler.harbor.models import Artifact
 from reconciler.harbor.sites import HarborSites
-from reconciler.live import LiveFacts
+from reconciler.live import LiveFacts, read_descriptors
 from reconciler.oci import (
     INDEX_MEDIA_TYPES,
     Descriptor,
@@ -221,8 +221,14 @@ class _Reading:
 
     def read_addresses(self, refs: Iterable[Reference]) -> None:
         """What each address points at: from a listing, else by HEAD."""
-        unique = sorted(set(refs))
-        self.facts.tags.update(zip(unique, self._map(self._tag, unique), strict=True))
+        unlisted = set()
+        for ref in set(refs):
+            view = self.views.get(ref.repository)
+            if view is None:
+                unlisted.add(ref)
+            else:
+                self.facts.tags[ref] = view.descriptor(str(ref.tag))
+        self._heads(unlisted)
 
     def read_sources(self, desired: DesiredState) -> None:
         """Exact sources, the children of source indexes, then source platforms."""
@@ -303,22 +309,15 @@ class _Reading:
             return None
         return RepositoryView.of(repository, artifacts)
 
-    def _tag(self, ref: Reference) -> Descriptor | None:
-        view = self.views.get(ref.repository)
-        if view is not None:
-            return view.descriptor(str(ref.tag))
-        return self._head(ref)
-
-    def _head(self, ref: Reference) -> Descriptor | None:
-        info = self._registries.client(ref.registry).manifest_head(ref)
-        if info is None:
-            return None
-        return Descriptor(info.media_type, info.digest, info.size)
+    def _heads(self, refs: Iterable[Reference]) -> None:
+        """HEAD `refs` through /v2 as the /v2 reader does: tokens up front,
+        many repositories a request, then the HEADs pipelined.
+        """
+        self.facts.tags.update(read_descriptors(self._registries, refs, self._pool))
 
     def _exact(self, refs: Iterable[Reference]) -> None:
         """HEAD the listed `refs` whose exact size the plan reads."""
-        todo = sorted({ref for ref in refs if ref.repository in self.views})
-        self.facts.tags.update(zip(todo, self._map(self._head, todo), strict=True))
+        self._heads(ref for ref in refs if ref.repository in self.views)
 
     def _is_image(self, ref: Reference) -> bool:
         found = self.facts.tags.get(ref)
