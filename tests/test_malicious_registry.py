@@ -348,6 +348,33 @@ def test_token_realm_on_plain_http_is_never_asked(pki: TestPKI, tmp_path: Path) 
     assert PASSWORD not in result.output
 
 
+@pytest.mark.parametrize("token", ["evil\r\nX-Injected: 1", "evil\nX-Injected: 1"])
+def test_token_that_would_split_a_request_is_refused(
+    pki: TestPKI, tmp_path: Path, token: str
+) -> None:
+    """A token service whose token holds a line break: nothing is sent with it."""
+    with Server(pki.server) as registry:
+        scene = Scene(registry, build_image(seed="split"), tmp_path, pki.ca_file)
+        scene.serve_source()
+        challenge = f'Bearer realm="{registry.url}/service/token",service="evil"'
+        registry.routes |= {
+            ("GET", "/v2/"): Answer(401, {"WWW-Authenticate": challenge}),
+            ("GET", "/service/token"): Answer(
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"token": token}).encode(),
+            ),
+        }
+
+        result = scene.run("plan", str(scene.desired()))
+
+    assert result.exit_code == 1
+    assert "gave a token with characters a token cannot hold" in result.stderr
+    assert "Traceback" not in result.output
+    assert not [seen for seen in registry.seen if "X-Injected" in seen.headers]
+    assert not [seen for seen in registry.seen if "evil" in str(seen.headers)]
+
+
 # -- indexes that lie --------------------------------------------------------
 
 

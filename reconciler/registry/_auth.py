@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 Scopes = Mapping[str, frozenset[str]]
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
+_TOKEN_TEXT = re.compile(r"[!-~]+")  # visible ASCII, as RFC 6750's b64token
 _DEFAULT_EXPIRY = 60  # seconds; the token spec's default when none is given
 # Measured on docker-registry: the registry parses the token of every request,
 # and its cost grows with the token's size; 25 repositories keep a token near
@@ -281,6 +282,14 @@ class Authenticator:
             raise RegistryError(
                 f"the token service of {self._host} gave no token"
             ) from None
+        if not _TOKEN_TEXT.fullmatch(value):
+            # A CR or LF in it would split the requests it goes into.
+            raise RegistryError(
+                f"the token service of {self._host} gave a token with "
+                "characters a token cannot hold (spaces, control characters "
+                "or non-ASCII)",
+                hint="the token service is broken, or not a token service",
+            )
         margin = min(10.0, expires_in / 2)
         expires_at = time.monotonic() + expires_in - margin
         return Token(value, dict(scopes), _granted(value), expires_at)
