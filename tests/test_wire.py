@@ -11,16 +11,23 @@ import io
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from reconciler.registry._wire import PooledTransport, environment_proxy
+from reconciler.registry._wire import (
+    PooledTransport,
+    ResponseHead,
+    environment_proxy,
+    head_request,
+)
 
 # One HTTP/1.1 exchange: the request head and body the server read, and what
-# it does next: (response bytes, whether to close the connection after).
-Handler = Callable[[bytes, bytes], tuple[bytes, bool]]
+# it does next: (response bytes, whether to close the connection after). A
+# list of pieces is sent piece by piece, a moment apart.
+Handler = Callable[[bytes, bytes], tuple[bytes | list[bytes], bool]]
 
 
 class Server:
@@ -62,7 +69,9 @@ class Server:
                 self.requests.append(head)
                 self.bodies.append(body)
                 answer, close = self.handler(head, body)
-                conn.sendall(answer)
+                for piece in [answer] if isinstance(answer, bytes) else answer:
+                    conn.sendall(piece)
+                    time.sleep(0.05)
                 if close:
                     return
 
@@ -263,6 +272,48 @@ def test_response_heads_and_bodies_are_read_as_sent(
 
 
 @pytest.mark.parametrize(
+    ("answer", "body"),
+    [
+        (
+            [
+                b"HTTP/1.1 200 OK\r\nX-Folded: one\r\n",
+                b" two\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            b"ok",
+        ),
+        (
+            b"HTTP/1.1 200 OK\nX-Folded: one two\nContent-Length: 6\n\nok\r\n\r\n",
+            b"ok\r\n\r\n",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Folded: one two\n"
+            b"Content-Length: 6\r\n\r\nok\r\n\r\n",
+            b"ok\r\n\r\n",
+        ),
+    ],
+    ids=["head-in-pieces", "bare-lf-body-with-crlfcrlf", "one-bare-lf"],
+)
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_heads_that_are_not_whole_at_once_or_not_crlf_are_read_line_by_line(
+    transport: PooledTransport,
+    answer: bytes | list[bytes],
+    body: bytes,
+    pipelined: bool,
+) -> None:
+    """A head split across reads, or with bare LF line ends, is read as sent;
+    a CRLF CRLF in the body is not taken for the end of the head."""
+    with serving(lambda *_: (answer, False)) as server:
+        if pipelined:
+            (head,) = _pipeline(transport, server, 1)
+            assert head is not None
+            assert (head.status, head.field("X-Folded")) == (200, "one two")
+            return
+        response = _send(transport, "GET", server.url("/x"))
+    assert response.headers["X-Folded"] == "one two"
+    assert response.content == body
+
+
+@pytest.mark.parametrize(
     "answer",
     [
         b"ICY 200 OK\r\n\r\n",
@@ -346,10 +397,12 @@ def test_broken_chunked_bodies_are_protocol_errors(
         _send(transport, "GET", server.url("/v2/x/tags/list"))
 
 
-def _heads(server: Server, count: int) -> list[httpx.Request]:
-    return [
-        httpx.Request("HEAD", server.url(f"/v2/x/manifests/{i}")) for i in range(count)
-    ]
+def _pipeline(
+    transport: PooledTransport, server: Server, count: int
+) -> list[ResponseHead | None]:
+    host = f"127.0.0.1:{server.port}"
+    heads = [head_request(f"/v2/x/manifests/{i}", {"Host": host}) for i in range(count)]
+    return transport.pipeline(httpx.URL(server.url("")), heads)
 
 
 def test_pipelined_heads_share_one_connection(transport: PooledTransport) -> None:
@@ -360,11 +413,11 @@ def test_pipelined_heads_share_one_connection(transport: PooledTransport) -> Non
         return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nContent-Length: 9\r\n\r\n" % tag, False
 
     with serving(handler) as server:
-        answers = transport.pipeline(_heads(server, 5))
-        again = transport.pipeline(_heads(server, 2))  # the connection is reused
+        answers = _pipeline(transport, server, 5)
+        again = _pipeline(transport, server, 2)  # the connection is reused
 
-    assert [a.headers["X-Tag"] if a else None for a in answers] == list("01234")
-    assert [a.status_code if a else None for a in again] == [200, 200]
+    assert [a.field("x-tag") if a else None for a in answers] == list("01234")
+    assert [a.status if a else None for a in again] == [200, 200]
     assert server.connections == 1
     assert len(server.requests) == 7
 
@@ -392,10 +445,39 @@ def test_pipeline_stops_at_the_first_answer_that_does_not_come_whole(
         return third, True
 
     with serving(handler) as server:
-        answers = transport.pipeline(_heads(server, 5))
+        answers = _pipeline(transport, server, 5)
 
-    statuses = [a.status_code if a else None for a in answers]
+    statuses = [a.status if a else None for a in answers]
     if b"200 OK\r\nC" in third:
         assert statuses == [404, 404, 200, None, None]
     else:
         assert statuses == [404, 404, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("target", "fields"),
+    [
+        ("/v2/x/manifests/1", {"Authorization": "Bearer a\r\nX-Injected: 1"}),
+        ("/v2/x/manifests/1", {"Authorization": "Bearer a\nX-Injected: 1"}),
+        ("/v2/x/manifests/1", {"Authorization": "Bearer a\rb"}),
+        ("/v2/x/manifests/1", {"Accept": "a\0b"}),
+        ("/v2/x/manifests/1 HTTP/1.1\r\nX-Injected: 1\r\nY:", {}),
+    ],
+    ids=["crlf", "lf", "cr", "nul", "in-target"],
+)
+def test_hand_built_head_refuses_what_would_split_it(
+    target: str, fields: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        head_request(target, fields)
+
+
+def test_hand_built_head_is_what_httpx_would_send() -> None:
+    fields = {"User-Agent": "reconciler/1", "Accept": "a, b"}
+    url = "https://r.test:5000/v2/x/manifests/sha256:" + "0" * 64
+    request = httpx.Request("HEAD", url, headers=fields)
+    sent = {name.decode(): value.decode() for name, value in request.headers.raw}
+    by_hand = head_request(request.url.raw_path.decode(), sent)
+    wire = b"HEAD %s HTTP/1.1\r\n" % request.url.raw_path
+    wire += b"".join(b"%s: %s\r\n" % pair for pair in request.headers.raw) + b"\r\n"
+    assert by_hand == wire

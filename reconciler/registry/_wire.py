@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ from reconciler.registry._settings import ConnectionSettings
 _CHUNK = 64 * 1024
 _MAX_LINE = 64 * 1024
 _MAX_FIELDS = 100
+_MAX_HEAD_LINES = 4 * _MAX_FIELDS  # folded lines included
 _NO_BODY = frozenset({204, 304})
 
 Key = tuple[str, str, int]  # scheme, host, port
@@ -111,36 +112,48 @@ class _Connection:
         if chunked:
             self.sock.sendall(b"0\r\n\r\n")
 
-    def head(self, method: str) -> _Head:
+    def head(self, method: str) -> ResponseHead:
         """Read the response's status line and fields (after any 1xx)."""
-        line = self._line()
-        if line is None:
+        lines = self._head_lines()
+        if lines is None:
             raise _Dropped("the server closed the connection without answering")
-        status, reason, version = _status(line)
+        status, reason, version = _status(lines[0])
         while 100 <= status < 200:  # interim answers; the real one follows
-            self._fields()
-            status, reason, version = _status(self._line() or "")
-        fields = self._fields()
-        return _Head(status, reason, fields, _framing(method, status, version, fields))
+            lines = self._head_lines()
+            if lines is None:
+                raise _Malformed("the connection closed after an interim answer")
+            status, reason, version = _status(lines[0])
+        fields = _fields(lines[1:])
+        return ResponseHead(
+            status, reason, fields, _framing(method, status, version, fields)
+        )
 
-    def _fields(self) -> list[tuple[str, str]]:
-        fields: list[tuple[str, str]] = []
-        while True:
-            line = self._line()
-            if line is None:
-                raise _Malformed("the connection closed inside the response head")
-            if not line:
-                return fields
-            if line[0] in " \t" and fields:  # an obsolete folded line
-                name, value = fields[-1]
-                fields[-1] = (name, f"{value} {line.strip()}")
-                continue
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise _Malformed(f"bad header line {line[:100]!r}")
-            fields.append((name, value.strip()))
-            if len(fields) > _MAX_FIELDS:
-                raise _Malformed(f"over {_MAX_FIELDS} header fields")
+    def _head_lines(self) -> list[str] | None:
+        """The next response head's lines, without line ends; None at the end.
+
+        A head already whole in the read buffer, its lines ended by CRLF
+        (as registries send them), is split in one go; anything else is
+        read line by line. A readline per line was a third of the CPU of a
+        pipelined HEAD (measured).
+        """
+        ahead = self.reader.peek(1)
+        end = ahead.find(b"\r\n\r\n")
+        if end >= 0:
+            block = ahead[:end]
+            if block.count(b"\n") == block.count(b"\r\n"):  # no bare LF
+                self.reader.read(end + 4)
+                return block.decode("latin-1").split("\r\n")
+        first = self._line()
+        if first is None:
+            return None
+        lines = [first]
+        while line := self._line():
+            lines.append(line)
+            if len(lines) > _MAX_HEAD_LINES:
+                raise _Malformed(f"over {_MAX_HEAD_LINES} lines in the response head")
+        if line is None:
+            raise _Malformed("the connection closed inside the response head")
+        return lines
 
     def _line(self) -> str | None:
         """A line without its line end; None at the end of input."""
@@ -154,6 +167,23 @@ class _Connection:
         return raw.rstrip(b"\r\n").decode("latin-1")
 
 
+def _fields(lines: list[str]) -> list[tuple[str, str]]:
+    """The header fields of a head's lines (status line excluded)."""
+    fields: list[tuple[str, str]] = []
+    for line in lines:
+        if line[0] in " \t" and fields:  # an obsolete folded line
+            name, value = fields[-1]
+            fields[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _Malformed(f"bad header line {line[:100]!r}")
+        fields.append((name, value.strip()))
+        if len(fields) > _MAX_FIELDS:
+            raise _Malformed(f"over {_MAX_FIELDS} header fields")
+    return fields
+
+
 @dataclass(frozen=True, slots=True)
 class _Framing:
     """How the body is delimited, and whether the connection ends with it."""
@@ -164,11 +194,18 @@ class _Framing:
 
 
 @dataclass(frozen=True, slots=True)
-class _Head:
+class ResponseHead:
+    """A response's status line and header fields, as read."""
+
     status: int
     reason: str
     fields: list[tuple[str, str]]
     framing: _Framing
+
+    def field(self, name: str) -> str | None:
+        """The value of the first field called `name` (any case), if any."""
+        wanted = name.lower()
+        return next((v for n, v in self.fields if n.lower() == wanted), None)
 
 
 def _status(line: str) -> tuple[int, str, str]:
@@ -246,10 +283,15 @@ class PooledTransport(httpx.BaseTransport):
         return _response(head, body, request)
 
     def pipeline(
-        self, requests: Sequence[httpx.Request]
-    ) -> list[httpx.Response | None]:
-        """Send bodiless HEAD `requests` to one host back to back on one
-        connection, then read their answers in order (HTTP/1.1 pipelining).
+        self, origin: httpx.URL, heads: Sequence[bytes]
+    ) -> list[ResponseHead | None]:
+        """Send bodiless HEADs to `origin` back to back on one connection,
+        then read their answers in order (HTTP/1.1 pipelining).
+
+        Each of `heads` is a request as it goes on the wire (`head_request`):
+        the answers are their heads. Building an `httpx.Request` and an
+        `httpx.Response` for each cost more CPU than the exchange itself
+        (measured).
 
         Registries answer each request alone; what pipelining saves is the
         round trip and the wake-up between one answer and the next request.
@@ -257,17 +299,16 @@ class PooledTransport(httpx.BaseTransport):
         said it closes) is None, as are all after it: the caller sends
         those again the usual way, with its retries and error reporting.
         """
-        if not requests:
+        if not heads:
             return []
-        assert all(r.method == "HEAD" for r in requests)
-        key = _key(requests[0].url)
-        connection, _ = self._checkout(key, requests[0])
-        answers: list[httpx.Response | None] = [None] * len(requests)
+        request = httpx.Request("HEAD", origin)  # names the host in errors
+        key = _key(origin)
+        connection, _ = self._checkout(key, request)
+        answers: list[ResponseHead | None] = [None] * len(heads)
         try:
-            connection.sock.sendall(b"".join(_head_of(r) for r in requests))
-            for i, request in enumerate(requests):
-                head = connection.head("HEAD")
-                answers[i] = _response(head, httpx.ByteStream(b""), request)
+            connection.sock.sendall(b"".join(heads))
+            for i in range(len(heads)):
+                head = answers[i] = connection.head("HEAD")
                 if head.framing.closes:
                     connection.close()
                     return answers
@@ -414,8 +455,24 @@ def _head_of(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
+def head_request(target: str, fields: Mapping[str, str]) -> bytes:
+    """A HEAD of `target` (a path and query) with `fields`, as sent on the wire.
+
+    Refuses a CR, LF or NUL anywhere, which would split the request.
+    """
+    text = "".join(
+        [f"HEAD {target} HTTP/1.1\r\n"]
+        + [f"{name}: {value}\r\n" for name, value in fields.items()]
+        + ["\r\n"]
+    )
+    lines = len(fields) + 2
+    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
+        raise ValueError(f"a field of the HEAD of {target!r} holds a line break")
+    return text.encode("latin-1")
+
+
 def _response(
-    head: _Head, stream: httpx.SyncByteStream, request: httpx.Request
+    head: ResponseHead, stream: httpx.SyncByteStream, request: httpx.Request
 ) -> httpx.Response:
     return httpx.Response(
         head.status,
@@ -429,7 +486,7 @@ def _response(
     )
 
 
-def _exchange(connection: _Connection, request: httpx.Request) -> _Head:
+def _exchange(connection: _Connection, request: httpx.Request) -> ResponseHead:
     """Send `request` on `connection` and read the response's head."""
     try:
         connection.send(request)

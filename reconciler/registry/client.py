@@ -51,7 +51,7 @@ from reconciler.registry._transport_errors import (
     plain_http_to_tls_port,
     tls_port_error,
 )
-from reconciler.registry._wire import PooledTransport, connection_pool
+from reconciler.registry._wire import PooledTransport, connection_pool, head_request
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,9 @@ class RegistryClient:
             credentials,
             registry_is_tls=not settings.insecure,
         )
+        self._origin = httpx.URL(settings.base_url)
+        # The Host field httpx would send, for requests built by hand.
+        self._host_field = httpx.Request("GET", self._origin).headers["Host"]
         self._pinged = False
         self._ping_lock = threading.Lock()
         self._configs: dict[Digest, bytes] = {}
@@ -162,7 +165,7 @@ class RegistryClient:
             headers={"Accept": MANIFEST_ACCEPT},
             allow=(404,),
         )
-        return self._head_info(ref, reply)
+        return self._head_info(ref, reply.status, reply.headers.get)
 
     def manifest_heads(self, refs: Sequence[Reference]) -> list[ManifestInfo | None]:
         """`manifest_head` of each of `refs`, HTTP/1.1-pipelined where it can be.
@@ -175,44 +178,53 @@ class RegistryClient:
             return [self.manifest_head(ref) for ref in refs]
         try:
             self._ensure_pinged()
-            requests = [self._head_request(ref) for ref in refs]
+            heads = [self._head_request(ref) for ref in refs]
         except (RegistryError, httpx.TransportError):
             # Told the usual way, by the first HEAD that meets it.
             return [self.manifest_head(ref) for ref in refs]
         try:
-            answers = self._transport.pipeline(requests)
+            answers = self._transport.pipeline(self._origin, heads)
         except httpx.TransportError:  # no connection: each HEAD tells why
-            answers = [None] * len(requests)
-        logger.debug("pipelined %d HEADs", len(requests))
+            answers = [None] * len(heads)
+        logger.debug("pipelined %d HEADs", len(heads))
         infos: list[ManifestInfo | None] = []
         for ref, answer in zip(refs, answers, strict=True):
-            if answer is None or answer.status_code not in (200, 404):
+            if answer is None or answer.status not in (200, 404):
                 infos.append(self.manifest_head(ref))
             else:
-                infos.append(self._head_info(ref, _reply(answer, b"")))
+                infos.append(self._head_info(ref, answer.status, answer.field))
         return infos
 
-    def _head_request(self, ref: Reference) -> httpx.Request:
+    def _head_request(self, ref: Reference) -> bytes:
         scopes = {ref.repository.path: _PULL}
-        headers = {
+        fields = {
+            "Host": self._host_field,
             "User-Agent": _USER_AGENT,
             "Accept": MANIFEST_ACCEPT,
             **self._auth.header(scopes, scopes),
         }
-        return httpx.Request("HEAD", self._manifest_url(ref), headers=headers)
+        return head_request(
+            f"/v2/{ref.repository.path}/manifests/{ref.identifier}", fields
+        )
 
-    def _head_info(self, ref: Reference, reply: Reply) -> ManifestInfo | None:
-        if reply.status == 404:
+    def _head_info(
+        self, ref: Reference, status: int, field: Callable[[str], str | None]
+    ) -> ManifestInfo | None:
+        """What a HEAD answered `status`, with header fields by `field`, says."""
+        if status == 404:
             return None
-        digest = _header_digest(ref, reply)
-        if digest is None or _content_type(reply) not in MANIFEST_MEDIA_TYPES:
+        digest = _digest_in(ref, field("Docker-Content-Digest"))
+        media_type = _media_type(field("Content-Type"))
+        if digest is None or media_type not in MANIFEST_MEDIA_TYPES:
             # Not every registry sends a digest, or a manifest Content-Type,
             # on HEAD; then only the bytes can tell.
             exact = ref.repository.digest(digest) if digest else ref
             return self.manifest_get(exact).info
-        return _manifest_info(
-            ref, reply, size=int(reply.headers.get("Content-Length", 0))
-        )
+        if ref.digest is not None and digest != ref.digest:
+            raise IntegrityError(
+                f"registry answered {ref} with a different digest, {digest}"
+            )
+        return ManifestInfo(digest, media_type, int(field("Content-Length") or 0))
 
     def manifest_get(self, ref: Reference) -> FetchedManifest:
         """Read a manifest's bytes, capped at 4 MiB and checked against its digest.
@@ -686,18 +698,11 @@ def _read_capped(response: httpx.Response, cap: int, url: str) -> bytes:
     return bytes(body)
 
 
-def _manifest_info(ref: Reference, reply: Reply, size: int) -> ManifestInfo:
-    digest = _header_digest(ref, reply)
-    assert digest is not None
-    if ref.digest is not None and digest != ref.digest:
-        raise IntegrityError(
-            f"registry answered {ref} with a different digest, {digest}"
-        )
-    return ManifestInfo(digest, _content_type(reply), size)
-
-
 def _header_digest(ref: Reference, reply: Reply) -> Digest | None:
-    value = reply.headers.get("Docker-Content-Digest")
+    return _digest_in(ref, reply.headers.get("Docker-Content-Digest"))
+
+
+def _digest_in(ref: Reference, value: str | None) -> Digest | None:
     if not value:
         return None
     try:
@@ -707,7 +712,11 @@ def _header_digest(ref: Reference, reply: Reply) -> Digest | None:
 
 
 def _content_type(reply: Reply) -> str:
-    return str(reply.headers.get("Content-Type", "")).split(";", 1)[0].strip()
+    return _media_type(reply.headers.get("Content-Type"))
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";", 1)[0].strip()
 
 
 def _parse(ref: Reference, reply: Reply) -> Manifest:
