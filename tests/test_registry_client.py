@@ -39,7 +39,12 @@ from reconciler.registry import (
     blob_copy,
 )
 from reconciler.testkit.accounts import ADMIN, READER, ROBOT
-from reconciler.testkit.images import PushedImage, manifest_get, push_image
+from reconciler.testkit.images import (
+    PushedImage,
+    manifest_get,
+    manifest_put,
+    push_image,
+)
 from reconciler.testkit.pki import TestPKI
 from reconciler.testkit.registry import RegistryServer, free_port
 from reconciler.testkit.tokens import TokenService
@@ -73,6 +78,29 @@ def test_manifest_read_by_tag_and_by_digest(
     assert by_tag.size == pushed.size
     assert fetched.manifest.raw == pushed.manifest
     assert isinstance(fetched.manifest, ImageManifest)
+
+
+def test_manifest_over_64_kib_reads_with_one_head(
+    registry: RegistryServer, namespace: str
+) -> None:
+    """A HEAD's Content-Length is the manifest's size, not a body to cap."""
+    pushed = seed(registry, f"{namespace}/app", "small")
+    document = json.loads(pushed.manifest)
+    document["annotations"] = {"org.example.notes": "n" * 100_000}
+    big = json.dumps(document).encode()
+    digest = manifest_put(
+        registry,
+        f"{namespace}/app",
+        "big",
+        big,
+        DOCKER_MANIFEST,
+        credentials=admin_of(registry),
+    )
+    with client_for(registry) as client:
+        found = client.manifest_head(ref(registry, f"{namespace}/app:big"))
+
+    assert found is not None
+    assert (found.digest, found.size) == (digest, len(big))
 
 
 def test_missing_manifest_heads_to_none(

@@ -21,7 +21,7 @@ from reconciler.registry._wire import (
     PooledTransport,
     ResponseHead,
     environment_proxy,
-    head_request,
+    request_head,
 )
 
 # One HTTP/1.1 exchange: the request head and body the server read, and what
@@ -401,7 +401,10 @@ def _pipeline(
     transport: PooledTransport, server: Server, count: int
 ) -> list[ResponseHead | None]:
     host = f"127.0.0.1:{server.port}"
-    heads = [head_request(f"/v2/x/manifests/{i}", {"Host": host}) for i in range(count)]
+    heads = [
+        request_head("HEAD", f"/v2/x/manifests/{i}", {"Host": host})
+        for i in range(count)
+    ]
     return transport.pipeline(httpx.URL(server.url("")), heads)
 
 
@@ -469,7 +472,7 @@ def test_hand_built_head_refuses_what_would_split_it(
     target: str, fields: dict[str, str]
 ) -> None:
     with pytest.raises(ValueError, match="line break"):
-        head_request(target, fields)
+        request_head("HEAD", target, fields)
 
 
 def test_hand_built_head_is_what_httpx_would_send() -> None:
@@ -477,7 +480,7 @@ def test_hand_built_head_is_what_httpx_would_send() -> None:
     url = "https://r.test:5000/v2/x/manifests/sha256:" + "0" * 64
     request = httpx.Request("HEAD", url, headers=fields)
     sent = {name.decode(): value.decode() for name, value in request.headers.raw}
-    by_hand = head_request(request.url.raw_path.decode(), sent)
+    by_hand = request_head("HEAD", request.url.raw_path.decode(), sent)
     wire = b"HEAD %s HTTP/1.1\r\n" % request.url.raw_path
     wire += b"".join(b"%s: %s\r\n" % pair for pair in request.headers.raw) + b"\r\n"
     assert by_hand == wire

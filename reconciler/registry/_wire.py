@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -258,29 +258,75 @@ class PooledTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         key = _key(request.url)
+        # Sent again only when nothing of it can have been handled, and a
+        # body given as bytes can be sent twice.
+        resendable = isinstance(request.stream, httpx.ByteStream)
+        connection, head = self._answer(
+            key, request, lambda c: c.send(request), resendable
+        )
+        body = _Body(self, key, connection, head.framing, request)
+        return _response(head, body, request)
+
+    def exchange(
+        self, origin: httpx.URL, method: str, message: bytes, cap: int
+    ) -> tuple[ResponseHead, bytes]:
+        """Send `message`, a whole request as on the wire (`request_head`
+        and its body), to `origin`; return the answer's head and body.
+
+        As `handle_request` without httpx's request and response objects,
+        which cost more client CPU than the exchange (measured). A body
+        over `cap` bytes is not read on: `BodyTooLarge`.
+        """
+        request = httpx.Request(method, origin)  # names the host in errors
+        key = _key(origin)
+        connection, head = self._answer(
+            key, request, lambda c: c.sock.sendall(message), True
+        )
+        body = _Body(self, key, connection, head.framing, request)
+        try:
+            length = head.framing.length
+            if length is not None and length > cap:
+                raise BodyTooLarge(length)
+            data = bytearray()
+            for chunk in body:
+                data += chunk
+                if len(data) > cap:
+                    raise BodyTooLarge(None)
+        finally:
+            body.close()  # back to the pool only when read to the end
+        return head, bytes(data)
+
+    def _answer(
+        self,
+        key: Key,
+        request: httpx.Request,
+        send: Callable[[_Connection], None],
+        resendable: bool,
+    ) -> tuple[_Connection, ResponseHead]:
+        """Send with `send` on a pooled connection and read the answer's head.
+
+        A reused connection the server closed before answering is replaced,
+        and the request sent again when `resendable`.
+        """
         connection, reused = self._checkout(key, request)
         try:
-            head = _exchange(connection, request)
+            return connection, _exchange(connection, request, send)
         except _Dropped as error:
             connection.close()
-            # Sent again only when nothing of it can have been handled, and
-            # a body given as bytes can be sent twice.
-            if not reused or not isinstance(request.stream, httpx.ByteStream):
+            if not reused or not resendable:
                 _fail(httpx.RemoteProtocolError, error, request)
-            connection = self._connect(key, request)
-            try:
-                head = _exchange(connection, request)
-            except _Dropped as again:
-                connection.close()
-                _fail(httpx.RemoteProtocolError, again, request)
-            except httpx.TransportError:
-                connection.close()
-                raise
         except httpx.TransportError:
             connection.close()
             raise
-        body = _Body(self, key, connection, head.framing, request)
-        return _response(head, body, request)
+        connection = self._connect(key, request)
+        try:
+            return connection, _exchange(connection, request, send)
+        except _Dropped as again:
+            connection.close()
+            _fail(httpx.RemoteProtocolError, again, request)
+        except httpx.TransportError:
+            connection.close()
+            raise
 
     def pipeline(
         self, origin: httpx.URL, heads: Sequence[bytes]
@@ -288,7 +334,7 @@ class PooledTransport(httpx.BaseTransport):
         """Send bodiless HEADs to `origin` back to back on one connection,
         then read their answers in order (HTTP/1.1 pipelining).
 
-        Each of `heads` is a request as it goes on the wire (`head_request`):
+        Each of `heads` is a request as it goes on the wire (`request_head`):
         the answers are their heads. Building an `httpx.Request` and an
         `httpx.Response` for each cost more CPU than the exchange itself
         (measured).
@@ -455,20 +501,29 @@ def _head_of(request: httpx.Request) -> bytes:
     return b"".join(lines)
 
 
-def head_request(target: str, fields: Mapping[str, str]) -> bytes:
-    """A HEAD of `target` (a path and query) with `fields`, as sent on the wire.
+def request_head(method: str, target: str, fields: Mapping[str, str]) -> bytes:
+    """The request line for `target` (a path and query) and `fields`, as sent
+    on the wire, up to the blank line that ends them.
 
     Refuses a CR, LF or NUL anywhere, which would split the request.
     """
     text = "".join(
-        [f"HEAD {target} HTTP/1.1\r\n"]
+        [f"{method} {target} HTTP/1.1\r\n"]
         + [f"{name}: {value}\r\n" for name, value in fields.items()]
         + ["\r\n"]
     )
     lines = len(fields) + 2
     if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
-        raise ValueError(f"a field of the HEAD of {target!r} holds a line break")
+        raise ValueError(f"a field of the {method} of {target!r} holds a line break")
     return text.encode("latin-1")
+
+
+class BodyTooLarge(Exception):
+    """A response body over the reader's cap; `declared` when its length said so."""
+
+    def __init__(self, declared: int | None) -> None:
+        super().__init__(declared)
+        self.declared = declared
 
 
 def _response(
@@ -486,10 +541,14 @@ def _response(
     )
 
 
-def _exchange(connection: _Connection, request: httpx.Request) -> ResponseHead:
-    """Send `request` on `connection` and read the response's head."""
+def _exchange(
+    connection: _Connection,
+    request: httpx.Request,
+    send: Callable[[_Connection], None],
+) -> ResponseHead:
+    """Send `request` on `connection` with `send` and read the response's head."""
     try:
-        connection.send(request)
+        send(connection)
     except (ConnectionResetError, BrokenPipeError) as error:
         raise _Dropped(str(error)) from error
     except TimeoutError as error:

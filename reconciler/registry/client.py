@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -51,7 +52,12 @@ from reconciler.registry._transport_errors import (
     plain_http_to_tls_port,
     tls_port_error,
 )
-from reconciler.registry._wire import PooledTransport, connection_pool, head_request
+from reconciler.registry._wire import (
+    BodyTooLarge,
+    PooledTransport,
+    connection_pool,
+    request_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,9 @@ _PULL = frozenset({"pull"})
 _PUSH = frozenset({"pull", "push"})
 _TAG_PAGE = 1000
 _USER_AGENT = f"reconciler/{__version__}"
+_SENDS_BODY = frozenset({"POST", "PUT", "PATCH"})  # Content-Length even when empty
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_TARGET = re.compile(r"/[!-~]*")  # visible ASCII: no space, CR or LF
 
 T = TypeVar("T")
 
@@ -124,6 +133,7 @@ class RegistryClient:
             registry_is_tls=not settings.insecure,
         )
         self._origin = httpx.URL(settings.base_url)
+        self._url_prefix = settings.base_url + "/"
         # The Host field httpx would send, for requests built by hand.
         self._host_field = httpx.Request("GET", self._origin).headers["Host"]
         self._pinged = False
@@ -203,9 +213,8 @@ class RegistryClient:
             "Accept": MANIFEST_ACCEPT,
             **self._auth.header(scopes, scopes),
         }
-        return head_request(
-            f"/v2/{ref.repository.path}/manifests/{ref.identifier}", fields
-        )
+        target = f"/v2/{ref.repository.path}/manifests/{ref.identifier}"
+        return request_head("HEAD", target, fields)
 
     def _head_info(
         self, ref: Reference, status: int, field: Callable[[str], str | None]
@@ -617,17 +626,9 @@ class RegistryClient:
                 **self._auth.header(scopes, required),
             }
             started = time.monotonic()
-            request = httpx.Request(
-                method, url, headers=request_headers, content=content
+            reply = self._exchange(
+                method, url, request_headers, content, cap, follow_redirects
             )
-            if follow_redirects:
-                response = self._http.send(request, stream=True, follow_redirects=True)
-            else:
-                response = self._transport.handle_request(request)
-            try:
-                reply = _reply(response, _read_capped(response, cap, url))
-            finally:
-                response.close()
             logger.debug(
                 "%s %s -> %d (%.0f ms)",
                 method,
@@ -640,6 +641,82 @@ class RegistryClient:
             if not self._relearn(reply, scopes):
                 return reply
         return reply
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | Iterator[bytes] | None,
+        cap: int,
+        follow_redirects: bool,
+    ) -> Reply:
+        """One request and its answer, the body read within `cap` bytes.
+
+        To this registry through the pool, a request with its body in
+        bytes is written by hand (`PooledTransport.exchange`); the rest go
+        through httpx.
+        """
+        target = self._own_target(url, content)
+        if target is None or not isinstance(content, bytes | None):
+            request = httpx.Request(method, url, headers=headers, content=content)
+            if follow_redirects:
+                response = self._http.send(request, stream=True, follow_redirects=True)
+            else:
+                response = self._transport.handle_request(request)
+            try:
+                return _reply(response, _read_capped(response, cap, url, method))
+            finally:
+                response.close()
+        assert isinstance(self._transport, PooledTransport)
+        body = content or b""
+        fields = {"Host": self._host_field, **headers}
+        if body or method in _SENDS_BODY:
+            fields["Content-Length"] = str(len(body))
+        try:
+            message = request_head(method, target, fields) + body
+        except ValueError as error:
+            raise RegistryError(
+                f"refusing to send {method} {target}: {error}"
+            ) from None
+        try:
+            head, data = self._transport.exchange(self._origin, method, message, cap)
+        except BodyTooLarge as error:
+            raise _too_large(url, cap, error.declared) from None
+        reply = Reply(head.status, head.reason, httpx.Headers(head.fields), data)
+        location = reply.headers.get("Location")
+        if follow_redirects and reply.status in _REDIRECTS and location:
+            return self._redirected(httpx.URL(url).join(location), headers, cap)
+        return reply
+
+    def _own_target(
+        self, url: str, content: bytes | Iterator[bytes] | None
+    ) -> str | None:
+        """The request target of `url` when it can be sent by hand, else None."""
+        if not isinstance(self._transport, PooledTransport):
+            return None
+        if not url.startswith(self._url_prefix):
+            return None
+        target = url[len(self._url_prefix) - 1 :]
+        return target if _TARGET.fullmatch(target) else None
+
+    def _redirected(self, url: httpx.URL, headers: dict[str, str], cap: int) -> Reply:
+        """GET where a redirect pointed, with no credentials for another origin;
+        httpx follows any further redirect with the same rule.
+        """
+        origin = self._origin
+        if (url.scheme, url.host, url.port) != (
+            origin.scheme,
+            origin.host,
+            origin.port,
+        ):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        request = httpx.Request("GET", url, headers=headers)
+        response = self._http.send(request, stream=True, follow_redirects=True)
+        try:
+            return _reply(response, _read_capped(response, cap, str(url)))
+        finally:
+            response.close()
 
     def _relearn(self, reply: Reply, scopes: Scopes) -> bool:
         """After a 401, drop stale tokens; say whether a retry could help."""
@@ -681,21 +758,30 @@ def _reply(response: httpx.Response, body: bytes) -> Reply:
     return Reply(response.status_code, response.reason_phrase, response.headers, body)
 
 
-def _read_capped(response: httpx.Response, cap: int, url: str) -> bytes:
+def _read_capped(
+    response: httpx.Response, cap: int, url: str, method: str = "GET"
+) -> bytes:
     """Read at most `cap` bytes of body, failing rather than reading on."""
     declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise IntegrityError(
-            f"response from {_path_only(url)} is {declared} bytes, over the "
-            f"{cap}-byte limit",
-            hint="manifests over 4 MiB are refused, as registries do",
-        )
+    # A HEAD's Content-Length is what a GET would send; it has no body.
+    if method != "HEAD" and declared and declared.isdigit() and int(declared) > cap:
+        raise _too_large(url, cap, int(declared))
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
         if len(body) > cap:
-            raise IntegrityError(f"response from {_path_only(url)} exceeds {cap} bytes")
+            raise _too_large(url, cap, None)
     return bytes(body)
+
+
+def _too_large(url: str, cap: int, declared: int | None) -> IntegrityError:
+    if declared is None:
+        return IntegrityError(f"response from {_path_only(url)} exceeds {cap} bytes")
+    return IntegrityError(
+        f"response from {_path_only(url)} is {declared} bytes, over the "
+        f"{cap}-byte limit",
+        hint="manifests over 4 MiB are refused, as registries do",
+    )
 
 
 def _header_digest(ref: Reference, reply: Reply) -> Digest | None:
