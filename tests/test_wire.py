@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from reconciler.registry._wire import (
+    BodyTooLarge,
     PooledTransport,
     ResponseHead,
     environment_proxy,
@@ -484,3 +485,61 @@ def test_hand_built_head_is_what_httpx_would_send() -> None:
     wire = b"HEAD %s HTTP/1.1\r\n" % request.url.raw_path
     wire += b"".join(b"%s: %s\r\n" % pair for pair in request.headers.raw) + b"\r\n"
     assert by_hand == wire
+
+
+def _exchange(
+    transport: PooledTransport, server: Server, method: str, body: bytes, cap: int
+) -> tuple[ResponseHead, bytes]:
+    fields = {"Host": f"127.0.0.1:{server.port}", "Content-Length": str(len(body))}
+    message = request_head(method, "/x", fields) + body
+    return transport.exchange(httpx.Request(method, server.url("")), message, cap)
+
+
+def test_exchange_sent_again_on_a_reused_connection_the_server_dropped(
+    transport: PooledTransport,
+) -> None:
+    """A request written as bytes is resent once, as handle_request does."""
+    answered: list[int] = []
+
+    def handler(head: bytes, _: bytes) -> tuple[bytes, bool]:
+        answered.append(0)
+        if len(answered) == 2:
+            return b"", True  # read the second request, then hang up silently
+        return _ok(), False
+
+    with serving(handler) as server:
+        first = _exchange(transport, server, "PUT", b"one", 100)
+        second = _exchange(transport, server, "PUT", b"two", 100)
+    assert [(head.status, body) for head, body in (first, second)] == [
+        (200, b"hello"),
+        (200, b"hello"),
+    ]
+    assert server.bodies == [b"one", b"two", b"two"]
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("answer", "declared"),
+    [
+        (_ok(b"x" * 101), 101),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"9\r\n123456789\r\n" * 20
+            + b"0\r\n\r\n",
+            None,
+        ),
+    ],
+    ids=["declared", "chunked"],
+)
+def test_exchange_stops_at_the_cap(
+    transport: PooledTransport, answer: bytes, declared: int | None
+) -> None:
+    """Over the cap, the body is not read on and the connection not reused."""
+    with serving(lambda *_: (answer, False)) as server:
+        with pytest.raises(BodyTooLarge) as caught:
+            _exchange(transport, server, "GET", b"", 100)
+        head, body = _exchange(transport, server, "GET", b"", 1_000)
+    assert caught.value.declared == declared
+    assert head.status == 200
+    assert len(body) in (101, 180)
+    assert server.connections == 2

@@ -268,17 +268,18 @@ class PooledTransport(httpx.BaseTransport):
         return _response(head, body, request)
 
     def exchange(
-        self, origin: httpx.URL, method: str, message: bytes, cap: int
+        self, request: httpx.Request, message: bytes, cap: int
     ) -> tuple[ResponseHead, bytes]:
         """Send `message`, a whole request as on the wire (`request_head`
-        and its body), to `origin`; return the answer's head and body.
+        and its body), where `request` goes; return the answer's head and
+        body. `request` only names the method and origin, also in errors:
+        one can serve many exchanges.
 
         As `handle_request` without httpx's request and response objects,
         which cost more client CPU than the exchange (measured). A body
         over `cap` bytes is not read on: `BodyTooLarge`.
         """
-        request = httpx.Request(method, origin)  # names the host in errors
-        key = _key(origin)
+        key = _key(request.url)
         connection, head = self._answer(
             key, request, lambda c: c.sock.sendall(message), True
         )

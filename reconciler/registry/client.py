@@ -134,6 +134,7 @@ class RegistryClient:
         )
         self._origin = httpx.URL(settings.base_url)
         self._url_prefix = settings.base_url + "/"
+        self._placeholders: dict[str, httpx.Request] = {}
         # The Host field httpx would send, for requests built by hand.
         self._host_field = httpx.Request("GET", self._origin).headers["Host"]
         self._pinged = False
@@ -680,7 +681,7 @@ class RegistryClient:
                 f"refusing to send {method} {target}: {error}"
             ) from None
         try:
-            head, data = self._transport.exchange(self._origin, method, message, cap)
+            head, data = self._transport.exchange(self._to(method), message, cap)
         except BodyTooLarge as error:
             raise _too_large(url, cap, error.declared) from None
         reply = Reply(head.status, head.reason, httpx.Headers(head.fields), data)
@@ -688,6 +689,15 @@ class RegistryClient:
         if follow_redirects and reply.status in _REDIRECTS and location:
             return self._redirected(httpx.URL(url).join(location), headers, cap)
         return reply
+
+    def _to(self, method: str) -> httpx.Request:
+        """A `method` request to this registry's origin, for `exchange`."""
+        placeholder = self._placeholders.get(method)
+        if placeholder is None:
+            placeholder = self._placeholders[method] = httpx.Request(
+                method, self._origin
+            )
+        return placeholder
 
     def _own_target(
         self, url: str, content: bytes | Iterator[bytes] | None
