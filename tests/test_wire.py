@@ -250,6 +250,17 @@ def test_silent_server_is_a_read_timeout() -> None:
     pooled.close()
 
 
+def test_blank_line_for_a_status_line_fails_at_once() -> None:
+    """A server that sends an empty line and holds on is not waited for."""
+    pooled = PooledTransport(ssl.create_default_context(), timeout=3.0)
+    with serving(lambda *_: (b"\r\n", False)) as server:
+        started = time.monotonic()
+        with pytest.raises(httpx.RemoteProtocolError, match="status line"):
+            _send(pooled, "GET", server.url("/x"))
+        assert time.monotonic() - started < 1.5
+    pooled.close()
+
+
 @pytest.mark.parametrize(
     "answer",
     [

@@ -144,8 +144,8 @@ class _Connection:
                 self.reader.read(end + 4)
                 return block.decode("latin-1").split("\r\n")
         first = self._line()
-        if first is None:
-            return None
+        if not first:
+            return None if first is None else [first]  # "": no status line
         lines = [first]
         while line := self._line():
             lines.append(line)
