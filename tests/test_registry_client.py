@@ -35,6 +35,7 @@ from reconciler.registry import (
     PermissionDeniedError,
     PooledTransport,
     RegistryClient,
+    RegistryError,
     TLSError,
     blob_copy,
 )
@@ -78,6 +79,23 @@ def test_manifest_read_by_tag_and_by_digest(
     assert by_tag.size == pushed.size
     assert fetched.manifest.raw == pushed.manifest
     assert isinstance(fetched.manifest, ImageManifest)
+
+
+def test_field_with_a_line_break_is_never_sent(
+    registry: RegistryServer, namespace: str
+) -> None:
+    """A media type that would split the PUT: refused before anything is sent."""
+    pushed = seed(registry, f"{namespace}/app", "1.0")
+    address = ref(registry, f"{namespace}/app:copy")
+    with client_for(registry) as client:
+        client.manifest_head(ref(registry, f"{namespace}/app:1.0"))  # warm
+        mark = registry.mark()
+        with pytest.raises(RegistryError, match="holds a line break"):
+            client.manifest_put(
+                address, pushed.manifest, "application/json\r\nX-Injected: 1"
+            )
+
+    assert registry.access_log(since=mark) == []
 
 
 def test_manifest_over_64_kib_reads_with_one_head(
