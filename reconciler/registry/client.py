@@ -676,9 +676,12 @@ class RegistryClient:
             fields["Content-Length"] = str(len(body))
         try:
             message = request_head(method, target, fields) + body
-        except ValueError as error:
+        except ValueError:
             raise RegistryError(
-                f"refusing to send {method} {target}: {error}"
+                f"refusing to send {method} {target}: a header field holds a "
+                "line break, which would split the request in two",
+                hint="the value came from a registry's answer (such as a "
+                "manifest's media type); check what that registry serves",
             ) from None
         try:
             head, data = self._transport.exchange(self._to(method), message, cap)
