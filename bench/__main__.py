@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from bench._fleet import Fleet, Seeder, write_desired
 from bench._floor import floor
 from bench._legacy import LegacyRun, legacy_flow
 from bench._stack import Stack, plain_registry, token_stack
+from reconciler.testkit.registry import RegistryServer
 
 SCALES = (1, 2, 4)
 _SOURCE = Path(__file__).resolve().parents[1]
@@ -202,26 +203,120 @@ def _cold_apply_section(
 
     Each round seeds a fleet of its own (and an empty cache), so every
     apply is cold; the rounds interleave both flows under the same load.
+    Both flows run twice: with the registries' storage on this machine's
+    disk, and in memory where a memory filesystem exists. A registry keeps
+    a manifest by writing and syncing three or four small files, and
+    linking a mounted blob syncs one; where a sync takes a disk's latency,
+    that cost is the registry's own, and it weighs on whichever flow sends
+    the registry more work per second.
     """
-    ours: list[Counted] = []
-    legacy: list[LegacyRun] = []
-    before: list[Counted] = []
-    with plain_registry(settings.workdir / "legacy") as registry:
+    with ExitStack() as running:
+        storages = [
+            _Storage(
+                "on disk",
+                settings.workdir,
+                stack,
+                running.enter_context(plain_registry(settings.workdir / "legacy")),
+            )
+        ]
+        memory = _memory_folder(running)
+        if memory is not None:
+            storages.append(_in_memory(memory, settings.workdir, running))
+        before: list[Counted] = []
         for round_ in range(settings.repeat):
-            ours.append(_cold_apply(stack, settings, f"cold{round_}"))
-            sample = Fleet(settings.sample_images, namespace=f"legacy{round_}")
-            legacy.append(legacy_flow(registry, sample, settings.workdir / "legacy"))
+            for storage in storages:
+                storage.measure(settings, round_)
             if settings.baseline is not None:
                 before.append(
                     _cold_apply(
                         stack, settings, f"before{round_}", source=settings.baseline
                     )
                 )
-    fleet = settings.fleet(1)
-    _print_cold_apply(ours, legacy, fleet.images * fleet.versions)
+        fleet = settings.fleet(1)
+        versions = fleet.images * fleet.versions
+        print(
+            f"Cold apply of a fresh 1x fleet ({versions} versions); best of "
+            f"{settings.repeat} (median)"
+        )
+        for storage in storages:
+            _print_cold_apply(storage, versions)
+    if memory is None:
+        print("  (no memory filesystem at /dev/shm: measured on disk only)")
     if before:
-        _print_cold_apply_before(before, ours)
+        _print_cold_apply_before(before, storages[0].ours)
     _converge(stack, settings, folders[max(SCALES)])
+
+
+@dataclass
+class _Storage:
+    """Where the registries keep blobs, and both flows' runs against them."""
+
+    name: str
+    folder: Path
+    stack: Stack
+    legacy_registry: RegistryServer
+    ours: list[Counted] = field(default_factory=list)
+    legacy: list[LegacyRun] = field(default_factory=list)
+
+    def measure(self, settings: Settings, round_: int) -> None:
+        """One cold apply by each flow, each on a fleet of its own."""
+        key = self.name.replace(" ", "-")
+        self.ours.append(_cold_apply(self.stack, settings, f"cold{round_}-{key}"))
+        sample = Fleet(settings.sample_images, namespace=f"legacy{round_}-{key}")
+        self.legacy.append(
+            legacy_flow(self.legacy_registry, sample, settings.workdir / "legacy")
+        )
+
+
+def _memory_folder(running: ExitStack) -> Path | None:
+    """A fresh folder on /dev/shm when that is a memory filesystem (tmpfs)."""
+    shm = Path("/dev/shm")
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    tmpfs = any(line.split()[1:3] == [str(shm), "tmpfs"] for line in mounts)
+    if not tmpfs or not os.access(shm, os.W_OK):
+        return None
+    made = tempfile.TemporaryDirectory(dir=shm, prefix="reconciler-bench-")
+    return Path(running.enter_context(made))
+
+
+def _in_memory(memory: Path, workdir: Path, running: ExitStack) -> _Storage:
+    """A second token stack and plain registry, their storage in `memory`.
+
+    Only blobs and manifests move: certificates, logs, the reconciler's
+    cache and the docker client's files stay on disk, as for the first.
+    """
+    stack = token_stack(workdir / "stack-in-memory", storage=memory / "registry")
+    legacy = plain_registry(workdir / "legacy-in-memory", storage=memory / "legacy")
+    return _Storage(
+        "in memory",
+        memory,
+        running.enter_context(stack),
+        running.enter_context(legacy),
+    )
+
+
+def _sync_ms(folder: Path, count: int = 200) -> float:
+    """Median milliseconds to write a 71-byte file in `folder` and fsync it.
+
+    The size of a registry's link file; for the storage's heading.
+    """
+    probe = folder / ".sync-probe"
+    probe.mkdir(parents=True, exist_ok=True)
+    times = []
+    for number in range(count):
+        started = time.perf_counter()
+        fd = os.open(probe / str(number), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, b"sha256:" + b"0" * 64)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        times.append(time.perf_counter() - started)
+    shutil.rmtree(probe)
+    return statistics.median(times) * 1000
 
 
 def _cold_apply(
@@ -255,7 +350,7 @@ def _print_cold_apply_before(before: list[Counted], ours: list[Counted]) -> None
     failed = [c for c in before if c.run.returncode != 0]
     first = before[0]
     print(
-        f"  before (baseline)         {old.best:6.1f} s ({old.median:6.1f})  "
+        f"  before (baseline, on disk) {old.best:5.1f} s ({old.median:6.1f})  "
         f"{first.requests} requests, {first.tokens} token requests; "
         f"{len(failed)} of {len(before)} runs failed part-way; max RSS "
         f"{max(old.rss_mb):.1f} MB; now {old.best / now:.1f}x faster"
@@ -275,42 +370,41 @@ def _converge(stack: Stack, settings: Settings, folder: Path) -> None:
     )
 
 
-def _print_cold_apply(
-    ours: list[Counted], legacy: list[LegacyRun], versions: int
-) -> None:
+def _print_cold_apply(storage: _Storage, versions: int) -> None:
     mine = Timings()
-    for counted in ours:
+    for counted in storage.ours:
         mine.add(counted.run.seconds, counted.run.max_rss_mb)
     old = Timings()
-    for run in legacy:
+    for run in storage.legacy:
         old.add(run.per_version * versions)
-    first = ours[0]
+    first = storage.ours[0]
     blobs = _BLOBS.search(first.run.stdout)
     mounted, present, uploaded = blobs.groups() if blobs else ("?", "?", "?")
     print(
-        f"Cold apply of a fresh 1x fleet ({versions} versions); best of "
-        f"{len(ours)} (median)"
+        f"  registries' storage {storage.name} (a small file written and "
+        f"synced there: {_sync_ms(storage.folder):.2f} ms)"
     )
     print(
-        f"  reconciler                {mine.best:6.1f} s ({mine.median:6.1f})  "
+        f"    reconciler                {mine.best:6.1f} s ({mine.median:6.1f})  "
         f"{first.requests} requests ({first.requests / versions:.1f}/version), "
         f"{first.tokens} token requests; blobs {mounted} mounted, {present} "
         f"already there, {uploaded} uploaded; layer uploads in the registry "
-        f"log: {sum(c.uploads for c in ours)}; max RSS {max(mine.rss_mb):.1f} MB"
+        f"log: {sum(c.uploads for c in storage.ours)}; max RSS "
+        f"{max(mine.rss_mb):.1f} MB"
     )
-    sample = legacy[0]
+    sample = storage.legacy[0]
     print(
-        f"  skopeo + docker manifest  {old.best:6.1f} s ({old.median:6.1f})  "
+        f"    skopeo + docker manifest  {old.best:6.1f} s ({old.median:6.1f})  "
         f"scaled from {sample.versions} versions a round "
         f"({sample.requests / sample.versions:.1f} requests/version, "
         f"{sample.layer_bytes} layer bytes uploaded in {sample.versions} versions)"
     )
     print(
-        f"  speed-up                  {old.best / mine.best:6.1f}x "
+        f"    speed-up                  {old.best / mine.best:6.1f}x "
         f"({old.median / mine.median:.1f}x)"
     )
-    fastest = min(ours, key=lambda counted: counted.run.seconds)
-    print(f"  where the fastest apply's time went: {_cpu_split(fastest)}")
+    fastest = min(storage.ours, key=lambda counted: counted.run.seconds)
+    print(f"    where the fastest apply's time went: {_cpu_split(fastest)}")
 
 
 def _cpu_split(counted: Counted) -> str:

@@ -4,6 +4,9 @@
   service, as the reconciler meets Harbor;
 - `plain_registry`: the same registry over plain HTTP without
   authentication, the easiest case for the tools users run today.
+
+Either keeps its blobs and manifests in `storage` when given (the cold
+apply runs once with it in memory), else in its own folder.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class Stack:
 
 
 @contextmanager
-def token_stack(workdir: Path) -> Iterator[Stack]:
+def token_stack(workdir: Path, storage: Path | None = None) -> Iterator[Stack]:
     """Start a token service and a TLS registry that trusts it; stop both."""
     pki = create_pki(workdir / "pki")
     with TokenService(pki.server, TOKEN_USERS, workdir / "tokens") as tokens:
@@ -61,13 +64,16 @@ def token_stack(workdir: Path) -> Iterator[Stack]:
             tls=pki.server,
             ca_file=pki.ca_file,
             token_service=tokens,
+            storage_dir=storage,
         )
         with registry:
             yield Stack(workdir, pki, tokens, registry)
 
 
 @contextmanager
-def plain_registry(workdir: Path) -> Iterator[RegistryServer]:
+def plain_registry(
+    workdir: Path, storage: Path | None = None
+) -> Iterator[RegistryServer]:
     """Start a plain-HTTP registry without authentication; stop it."""
-    with RegistryServer(workdir / "plain-registry") as registry:
+    with RegistryServer(workdir / "plain-registry", storage_dir=storage) as registry:
         yield registry

@@ -193,6 +193,7 @@ class RegistryServer:
         token_service: TokenService | None = None,
         binary: str = REGISTRY_BINARY,
         die_with_parent: bool = True,
+        storage_dir: Path | None = None,
     ) -> None:
         """Prepare a registry in `workdir`; nothing runs until `start`.
 
@@ -202,6 +203,8 @@ class RegistryServer:
         ``"token"`` the users are the token service's. With
         `die_with_parent`, the process gets SIGTERM when the thread that
         called `start` exits, so a crashed test run leaks no registry.
+        Blobs and manifests go to `storage_dir` (default: `workdir`/storage);
+        benchmarks put it on a memory filesystem.
         """
         _check_settings(auth, users, token_service, tls, ca_file)
         self.workdir = workdir
@@ -211,7 +214,7 @@ class RegistryServer:
         self.ca_file = ca_file
         self.cert_dir = _cert_dir(workdir, self.ca_file)
         self.port = free_port()
-        self.storage_dir = workdir / "storage"
+        self.storage_dir = storage_dir or workdir / "storage"
         self.log_file = workdir / "registry.log"
         self.config_file = workdir / "config.yml"
         self._tls = tls
@@ -264,7 +267,7 @@ class RegistryServer:
         if self.token_service is not None:
             self.token_service.start()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.storage_dir.mkdir(exist_ok=True)
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._process = self._spawn()
         _register(self)
