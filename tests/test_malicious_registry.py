@@ -294,6 +294,36 @@ def test_config_redirected_to_another_host_gets_no_credentials(
     assert credentials_in(scene.server.seen)  # they were sent where they belong
 
 
+def test_redirect_within_the_registry_keeps_credentials_until_it_leaves(
+    scene: Scene, pki: TestPKI
+) -> None:
+    """A 307 to another path of the same origin is followed with Authorization
+    (the registry asks for it there too); its next 307, to another origin,
+    without.
+    """
+    scene.serve_source()
+    config = scene.image.config
+    hop = f"/hop/{config.digest}"
+    with Server(pki.server) as elsewhere:
+        blob = f"https://localhost:{elsewhere.host.split(':')[1]}/b/{config.digest}"
+        scene.server.routes |= {
+            ("GET", f"{scene.source}/blobs/{config.digest}"): Answer(
+                307, {"Location": hop}
+            ),
+            ("GET", hop): Answer(307, {"Location": blob}),
+        }
+        elsewhere.routes[("GET", f"/b/{config.digest}")] = Answer(200, {}, config.data)
+
+        result = scene.run("plan", str(scene.desired()))
+
+    assert result.exit_code == 0, result.output
+    hops = [seen for seen in scene.server.seen if seen.path == hop]
+    assert len(hops) == 1
+    assert credentials_in(hops) == hops
+    assert [seen.method for seen in elsewhere.seen] == ["GET"]
+    assert credentials_in(elsewhere.seen) == []
+
+
 def test_layers_streamed_through_a_redirect_get_no_credentials(
     scene: Scene, pki: TestPKI, registry_none: RegistryServer, tmp_path: Path
 ) -> None:

@@ -81,19 +81,27 @@ def test_manifest_read_by_tag_and_by_digest(
     assert isinstance(fetched.manifest, ImageManifest)
 
 
-def test_field_with_a_line_break_is_never_sent(
-    registry: RegistryServer, namespace: str
+@pytest.mark.parametrize(
+    ("media_type", "refusal"),
+    [
+        ("application/json\r\nX-Injected: 1", "holds a line break"),
+        ("application/json; x=\u20ac", "holds a character that HTTP fields cannot"),
+    ],
+    ids=["line-break", "beyond-latin-1"],
+)
+def test_field_http_cannot_carry_is_never_sent(
+    registry: RegistryServer, namespace: str, media_type: str, refusal: str
 ) -> None:
-    """A media type that would split the PUT: refused before anything is sent."""
+    """A media type that would split the PUT, or that no field can hold: refused
+    with a RegistryError before anything is sent.
+    """
     pushed = seed(registry, f"{namespace}/app", "1.0")
     address = ref(registry, f"{namespace}/app:copy")
     with client_for(registry) as client:
         client.manifest_head(ref(registry, f"{namespace}/app:1.0"))  # warm
         mark = registry.mark()
-        with pytest.raises(RegistryError, match="holds a line break"):
-            client.manifest_put(
-                address, pushed.manifest, "application/json\r\nX-Injected: 1"
-            )
+        with pytest.raises(RegistryError, match=refusal):
+            client.manifest_put(address, pushed.manifest, media_type)
 
     assert registry.access_log(since=mark) == []
 

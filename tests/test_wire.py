@@ -21,6 +21,7 @@ from reconciler.registry._wire import (
     BodyTooLarge,
     PooledTransport,
     ResponseHead,
+    SplitField,
     environment_proxy,
     request_head,
 )
@@ -483,8 +484,32 @@ def test_pipeline_stops_at_the_first_answer_that_does_not_come_whole(
 def test_hand_built_head_refuses_what_would_split_it(
     target: str, fields: dict[str, str]
 ) -> None:
-    with pytest.raises(ValueError, match="line break"):
+    with pytest.raises(SplitField, match="line break"):
         request_head("HEAD", target, fields)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Content-Type": "a\r\nX-Injected: 1"}, {"X-Tag": "a\nb"}, {"X-Tag": "a\0b"}],
+    ids=["crlf", "lf", "nul"],
+)
+def test_httpx_request_that_would_split_is_never_sent(
+    transport: PooledTransport, headers: dict[str, str]
+) -> None:
+    """The httpx path (streamed bodies, other origins) refuses as by hand,
+    before it takes a connection from the pool.
+    """
+    with serving(lambda head, body: (_ok(), False)) as server:
+        _send(transport, "GET", server.url("/first"))
+        body = iter([b"a", b"b"])
+        request = httpx.Request("PUT", server.url("/x"), headers=headers, content=body)
+        with pytest.raises(SplitField, match="line break"):
+            transport.handle_request(request)
+        _send(transport, "GET", server.url("/last"))
+
+    sent = [head.split(b" ", 2)[1] for head in server.requests]
+    assert sent == [b"/first", b"/last"]
+    assert server.connections == 1  # the refusal kept no connection
 
 
 def test_hand_built_head_is_what_httpx_would_send() -> None:

@@ -95,13 +95,14 @@ class _Connection:
         self.reader.close()
         self.sock.close()
 
-    def send(self, request: httpx.Request) -> None:
+    def send(self, request: httpx.Request, head: bytes) -> None:
+        """Send `head` (`_head_of` the request) and `request`'s body."""
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             # Not `request.content`: a redirected request has only its stream.
-            self.sock.sendall(b"".join([_head_of(request), *stream]))
+            self.sock.sendall(b"".join([head, *stream]))
             return
-        self.sock.sendall(_head_of(request))
+        self.sock.sendall(head)
         assert isinstance(stream, httpx.SyncByteStream)
         chunked = request.headers.get("Transfer-Encoding") == "chunked"
         for chunk in stream:
@@ -261,8 +262,9 @@ class PooledTransport(httpx.BaseTransport):
         # Sent again only when nothing of it can have been handled, and a
         # body given as bytes can be sent twice.
         resendable = isinstance(request.stream, httpx.ByteStream)
+        wire = _head_of(request)  # refused before a connection is taken
         connection, head = self._answer(
-            key, request, lambda c: c.send(request), resendable
+            key, request, lambda c: c.send(request, wire), resendable
         )
         body = _Body(self, key, connection, head.framing, request)
         return _response(head, body, request)
@@ -495,28 +497,48 @@ def _chunked(connection: _Connection) -> Iterator[bytes]:
 
 
 def _head_of(request: httpx.Request) -> bytes:
-    """The request line and fields, ready to send."""
+    """The request line and fields, ready to send; refused as `request_head`
+    refuses them.
+    """
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)]
     lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
     lines.append(b"\r\n")
-    return b"".join(lines)
+    head = b"".join(lines)
+    if _splits(head, len(lines)):
+        raise SplitField(request.method, request.url.raw_path.decode("latin-1"))
+    return head
 
 
 def request_head(method: str, target: str, fields: Mapping[str, str]) -> bytes:
     """The request line for `target` (a path and query) and `fields`, as sent
     on the wire, up to the blank line that ends them.
 
-    Refuses a CR, LF or NUL anywhere, which would split the request.
+    Refuses a CR, LF or NUL anywhere, which would split the request
+    (`SplitField`), and a character outside Latin-1 (`UnicodeEncodeError`).
     """
     text = "".join(
         [f"{method} {target} HTTP/1.1\r\n"]
         + [f"{name}: {value}\r\n" for name, value in fields.items()]
         + ["\r\n"]
     )
-    lines = len(fields) + 2
-    if text.count("\n") != lines or text.count("\r") != lines or "\0" in text:
-        raise ValueError(f"a field of the {method} of {target!r} holds a line break")
-    return text.encode("latin-1")
+    head = text.encode("latin-1")
+    if _splits(head, len(fields) + 2):
+        raise SplitField(method, target)
+    return head
+
+
+class SplitField(ValueError):
+    """A request's line or fields hold a CR, LF or NUL: it is not sent."""
+
+    def __init__(self, method: str, target: str) -> None:
+        super().__init__(f"a field of the {method} of {target!r} holds a line break")
+        self.method = method
+        self.target = target
+
+
+def _splits(head: bytes, lines: int) -> bool:
+    """Whether a head of `lines` lines holds a CR, LF or NUL of its own."""
+    return head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head
 
 
 class BodyTooLarge(Exception):

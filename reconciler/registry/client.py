@@ -55,6 +55,7 @@ from reconciler.registry._transport_errors import (
 from reconciler.registry._wire import (
     BodyTooLarge,
     PooledTransport,
+    SplitField,
     connection_pool,
     request_head,
 )
@@ -190,7 +191,7 @@ class RegistryClient:
         try:
             self._ensure_pinged()
             heads = [self._head_request(ref) for ref in refs]
-        except (RegistryError, httpx.TransportError):
+        except (RegistryError, httpx.TransportError, SplitField, UnicodeEncodeError):
             # Told the usual way, by the first HEAD that meets it.
             return [self.manifest_head(ref) for ref in refs]
         try:
@@ -660,11 +661,16 @@ class RegistryClient:
         """
         target = self._own_target(url, content)
         if target is None or not isinstance(content, bytes | None):
-            request = httpx.Request(method, url, headers=headers, content=content)
-            if follow_redirects:
-                response = self._http.send(request, stream=True, follow_redirects=True)
-            else:
-                response = self._transport.handle_request(request)
+            try:
+                request = httpx.Request(method, url, headers=headers, content=content)
+                if follow_redirects:
+                    response = self._http.send(
+                        request, stream=True, follow_redirects=True
+                    )
+                else:
+                    response = self._transport.handle_request(request)
+            except (SplitField, UnicodeEncodeError) as error:
+                raise _unsendable(method, _path_only(url), error) from None
             try:
                 return _reply(response, _read_capped(response, cap, url, method))
             finally:
@@ -676,13 +682,8 @@ class RegistryClient:
             fields["Content-Length"] = str(len(body))
         try:
             message = request_head(method, target, fields) + body
-        except ValueError:
-            raise RegistryError(
-                f"refusing to send {method} {target}: a header field holds a "
-                "line break, which would split the request in two",
-                hint="the value came from a registry's answer (such as a "
-                "manifest's media type); check what that registry serves",
-            ) from None
+        except (SplitField, UnicodeEncodeError) as error:
+            raise _unsendable(method, target, error) from None
         try:
             head, data = self._transport.exchange(self._to(method), message, cap)
         except BodyTooLarge as error:
@@ -724,8 +725,11 @@ class RegistryClient:
             origin.port,
         ):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        request = httpx.Request("GET", url, headers=headers)
-        response = self._http.send(request, stream=True, follow_redirects=True)
+        try:
+            request = httpx.Request("GET", url, headers=headers)
+            response = self._http.send(request, stream=True, follow_redirects=True)
+        except (SplitField, UnicodeEncodeError) as error:
+            raise _unsendable("GET", _path_only(str(url)), error) from None
         try:
             return _reply(response, _read_capped(response, cap, str(url)))
         finally:
@@ -794,6 +798,19 @@ def _too_large(url: str, cap: int, declared: int | None) -> IntegrityError:
         f"response from {_path_only(url)} is {declared} bytes, over the "
         f"{cap}-byte limit",
         hint="manifests over 4 MiB are refused, as registries do",
+    )
+
+
+def _unsendable(method: str, target: str, error: ValueError) -> RegistryError:
+    """The refusal of a request whose fields HTTP cannot carry as they are."""
+    if isinstance(error, SplitField):
+        why = "a header field holds a line break, which would split the request"
+    else:
+        why = "a header field holds a character that HTTP fields cannot carry"
+    return RegistryError(
+        f"refusing to send {method} {target}: {why}",
+        hint="the value came from a registry's answer (such as a manifest's "
+        "media type); check what that registry serves",
     )
 
 
