@@ -745,6 +745,46 @@ def test_https_proxy_from_the_environment_is_used(
     assert direct == []  # no connection around the proxy
 
 
+@pytest.mark.parametrize(
+    ("media_type", "refusal"),
+    [
+        ("application/json\r\nX-Injected: 1", "holds a line break"),
+        ("application/json; x=\u20ac", "holds a character that HTTP fields cannot"),
+    ],
+    ids=["line-break", "beyond-latin-1"],
+)
+def test_field_http_cannot_carry_is_refused_through_a_proxy_too(
+    registry_token: RegistryServer,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    media_type: str,
+    refusal: str,
+) -> None:
+    """Through the environment's proxy (httpx's own transport), the same
+    refusal as direct, and nothing reaches the registry.
+    """
+    pushed = seed(registry_token, f"{namespace}/app", "1.0")
+    proxy = ConnectProxy()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    try:
+        with client_for(registry_token) as client:
+            client.manifest_head(ref(registry_token, f"{namespace}/app:1.0"))  # warm
+            mark = registry_token.mark()
+            with pytest.raises(RegistryError, match=refusal):
+                client.manifest_put(
+                    ref(registry_token, f"{namespace}/app:copy"),
+                    pushed.manifest,
+                    media_type,
+                )
+    finally:
+        proxy.close()
+
+    assert registry_token.host in proxy.tunnels  # the proxy was in the way
+    assert registry_token.access_log(since=mark) == []
+
+
 def test_pipelined_heads_answer_as_single_heads(
     registry: RegistryServer, namespace: str
 ) -> None:

@@ -96,7 +96,7 @@ class _Connection:
         self.sock.close()
 
     def send(self, request: httpx.Request, head: bytes) -> None:
-        """Send `head` (`_head_of` the request) and `request`'s body."""
+        """Send `head` (`head_of` the request) and `request`'s body."""
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):
             # Not `request.content`: a redirected request has only its stream.
@@ -262,7 +262,7 @@ class PooledTransport(httpx.BaseTransport):
         # Sent again only when nothing of it can have been handled, and a
         # body given as bytes can be sent twice.
         resendable = isinstance(request.stream, httpx.ByteStream)
-        wire = _head_of(request)  # refused before a connection is taken
+        wire = head_of(request)  # refused before a connection is taken
         connection, head = self._answer(
             key, request, lambda c: c.send(request, wire), resendable
         )
@@ -496,9 +496,9 @@ def _chunked(connection: _Connection) -> Iterator[bytes]:
             raise _Malformed("a chunk does not end with a line end")
 
 
-def _head_of(request: httpx.Request) -> bytes:
+def head_of(request: httpx.Request) -> bytes:
     """The request line and fields, ready to send; refused as `request_head`
-    refuses them.
+    refuses them (`SplitField`).
     """
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), request.url.raw_path)]
     lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]

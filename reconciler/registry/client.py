@@ -57,6 +57,7 @@ from reconciler.registry._wire import (
     PooledTransport,
     SplitField,
     connection_pool,
+    head_of,
     request_head,
 )
 
@@ -663,6 +664,7 @@ class RegistryClient:
         if target is None or not isinstance(content, bytes | None):
             try:
                 request = httpx.Request(method, url, headers=headers, content=content)
+                head_of(request)  # refused here whatever the transport (a proxy's)
                 if follow_redirects:
                     response = self._http.send(
                         request, stream=True, follow_redirects=True
